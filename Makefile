@@ -1,0 +1,37 @@
+# Two entry points: `make reproduce` (the headline figure) and `make test` (the suite).
+# Both build .venv themselves from nothing but Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: reproduce test venv bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+# torch is pinned to the CPU wheel that lies on these machines; installing it
+# first stops a looser requirement from pulling a multi-GB CUDA build.
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[test,torch,data]'
+	touch $@
+
+venv: $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) experiments/hello_lstm.py
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -n 2 --durations=15 -q
+
+bench: $(TEST_STAMP)
+	$(PY) benchmarks/recurrent.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
