@@ -1,0 +1,617 @@
+r"""Attention: scaled dot-product, multi-head, additive (Bahdanau) and Luong.
+
+Layout. Every per-head tensor is batch-major and head-minor, the layout of
+``jax.nn.dot_product_attention`` and of cuDNN flash attention::
+
+    q (B, Tq, N, K)    k (B, Tk, N, K)    v (B, Tk, N, K)    out (B, Tq, N, K)
+    weights (B, N, Tq, Tk)         masks and biases broadcastable to (B, N, Tq, Tk)
+
+Masks are boolean with **True = attend** (Flax's and JAX's convention; the
+opposite of PyTorch's ``key_padding_mask`` and boolean ``attn_mask``). A query whose
+every key is masked out gets an output of **zeros** and zero attention weights,
+never NaN (the failure of PyTorch issues 41508 and 103749).
+
+Two paths compute :func:`scaled_dot_product_attention`:
+
+* the fast path, ``jax.nn.dot_product_attention`` (its ``implementation`` argument is
+  passed through, so ``"cudnn"`` runs flash attention on GPU), used when neither the
+  weights nor attention dropout are requested (and not for float64, whose softmax
+  it would round to float32);
+* the reference path, written out below, which can return the weights and apply
+  dropout to them. The tests check the two agree.
+
+Multi-head attention (Vaswani et al. 2017, "Attention is all you need", §3.2.2):
+
+.. math::
+    \mathrm{MHA}(Q, K, V) = [\mathrm{head}_1; \dots; \mathrm{head}_N] W^O,\qquad
+    \mathrm{head}_i = \mathrm{softmax}\!\left(\frac{Q W^Q_i (K W^K_i)^\top}{\sqrt{d_k}}\right) V W^V_i.
+
+Its params are a nested dict, kernels stored input-major so a projection is
+``x @ kernel + bias``; head ``i`` owns columns ``i*K:(i+1)*K`` of the D = N*K
+projected features (PyTorch's ``in_proj_weight`` split order)::
+
+    {"query": {"kernel": (Eq, D), "bias": (D,)},
+     "key":   {"kernel": (Ek, D), "bias": (D,)},
+     "value": {"kernel": (Ev, D), "bias": (D,)},
+     "out":   {"kernel": (D, Do), "bias": (Do,)}}     # "bias" absent when use_bias=False
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.types import Array, DType, Params, PRNGKey
+
+__all__ = [
+    "scaled_dot_product_attention", "padding_mask", "causal_mask", "combine_masks",
+    "check_mask", "MultiHeadAttention", "MHAConfig", "multi_head_attention",
+    "AdditiveAttention", "additive_attention", "LuongAttention", "luong_attention",
+    "IMPLEMENTATIONS",
+]
+
+#: Values of ``implementation``: None/"xla"/"cudnn" go to ``jax.nn.dot_product_attention``
+#: when possible; "reference" forces the written-out path.
+IMPLEMENTATIONS = (None, "xla", "cudnn", "reference")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_rate(value, name: str) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _check_array(x, name: str, ndim: int | tuple[int, ...], layout: str, floating: bool = True):
+    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ndims:
+        raise ValueError(f"{name} must have shape {layout} (rank {' or '.join(map(str, ndims))}), "
+                         f"got shape {tuple(x.shape)}")
+    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating (float32, bfloat16, float64), got dtype {x.dtype}")
+    return x
+
+
+def check_mask(mask, target: tuple[int, ...], name: str = "mask") -> Array | None:
+    """Validate a boolean mask against the shape it must broadcast to; return it rank-matched.
+
+    Args:
+      mask: None or a boolean array of rank <= len(target), True = attend.
+      target: the shape it must broadcast to, e.g. (B, N, Tq, Tk).
+      name: the argument name used in error messages.
+
+    Returns:
+      None, or ``mask`` reshaped with leading 1s to ``len(target)`` dimensions.
+
+    Raises:
+      TypeError: ``mask`` is not an array or not boolean.
+      ValueError: ``mask`` does not broadcast to ``target``.
+    """
+    if mask is None:
+        return None
+    if not hasattr(mask, "ndim") or not hasattr(mask, "dtype"):
+        raise TypeError(f"{name} must be a boolean array (True = attend), got {type(mask).__name__}")
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"{name} must be boolean (True = attend), got dtype {mask.dtype}; "
+                        f"convert an additive float mask with `{name} == 0` or pass it as bias")
+    ok = mask.ndim <= len(target)
+    if ok:
+        shape = (1,) * (len(target) - mask.ndim) + tuple(mask.shape)
+        ok = all(s in (1, t) for s, t in zip(shape, target))
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to "
+                         f"(B, N, Tq, Tk) = {tuple(target)}")
+    return mask.reshape(shape)
+
+
+def _check_bias(bias, target: tuple[int, ...]) -> Array | None:
+    if bias is None:
+        return None
+    if not hasattr(bias, "ndim") or not jnp.issubdtype(bias.dtype, jnp.floating):
+        raise TypeError(f"bias must be a floating array broadcastable to (B, N, Tq, Tk), got "
+                        f"{getattr(bias, 'dtype', type(bias).__name__)}")
+    ok = bias.ndim <= len(target)
+    if ok:
+        shape = (1,) * (len(target) - bias.ndim) + tuple(bias.shape)
+        ok = all(s in (1, t) for s, t in zip(shape, target))
+    if not ok:
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to "
+                         f"(B, N, Tq, Tk) = {tuple(target)}")
+    return bias.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def padding_mask(lengths: Array, max_len: int) -> Array:
+    """Key padding mask from lengths: True at valid (attendable) key positions.
+
+    Args:
+      lengths: (B,) ints, valid positions are ``t < lengths[b]`` (right padding).
+      max_len: Tk, the padded length.
+
+    Returns:
+      (B, 1, 1, Tk) boolean, broadcastable to (B, N, Tq, Tk).
+    """
+    max_len = _check_size(max_len, "max_len")
+    lengths = jnp.asarray(lengths)
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    valid = jnp.arange(max_len)[None, :] < lengths[:, None]                 # (B, Tk)
+    return valid[:, None, None, :]
+
+
+def causal_mask(num_queries: int, num_keys: int | None = None, *, offset: int | Array = 0) -> Array:
+    """Causal mask: query i may attend key j iff ``j <= i + offset``.
+
+    Args:
+      num_queries: Tq.
+      num_keys: Tk (default Tq).
+      offset: the position of query 0 among the keys; a scalar int, may be traced
+        (incremental decoding attends from position ``offset`` over a cache).
+
+    Returns:
+      (1, 1, Tq, Tk) boolean, lower-triangular when ``offset == 0``.
+    """
+    num_queries = _check_size(num_queries, "num_queries")
+    num_keys = num_queries if num_keys is None else _check_size(num_keys, "num_keys")
+    i = jnp.arange(num_queries)[:, None] + offset
+    j = jnp.arange(num_keys)[None, :]
+    return (j <= i)[None, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of boolean masks (None entries are ignored; all None gives None).
+
+    Every mask must be boolean; the result has their broadcast shape.
+    """
+    present = [m for m in masks if m is not None]
+    for i, m in enumerate(present):
+        if not hasattr(m, "dtype") or m.dtype != jnp.bool_:
+            raise TypeError(f"masks[{i}] must be boolean (True = attend), got "
+                            f"{getattr(m, 'dtype', type(m).__name__)}")
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+# ----------------------------------------------------------------------------- SDPA
+
+
+def _large_negative(dtype) -> float:
+    # Finite, so a fully masked row stays NaN-free through softmax and its gradient.
+    return -0.7 * float(min(jnp.finfo(dtype).max, jnp.finfo(jnp.float32).max))
+
+
+def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
+    """Written-out attention; returns (out (B, Tq, N, Kv), weights (B, N, Tq, Tk))."""
+    logits = jnp.einsum("bqnk,btnk->bnqt", q, k,
+                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+    logits = logits * scale                                                   # (B, N, Tq, Tk)
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, _large_negative(logits.dtype))
+    weights = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        # A fully masked row softmaxes to uniform over large negatives: zero it.
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    weights = weights.astype(v.dtype)
+    dropped = weights
+    if dropout_rate > 0.0 and dropout_key is not None:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+        dropped = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+    out = jnp.einsum("bnqt,btnv->bqnv", dropped, v)
+    return out, weights
+
+
+def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
+                                 bias: Array | None = None, dropout_rate: float = 0.0,
+                                 dropout_key: PRNGKey | None = None, return_weights: bool = False,
+                                 implementation: str | None = None, scale: float | None = None):
+    r"""Scaled dot-product attention (Vaswani et al. 2017, eq. 1).
+
+    .. math::
+        \mathrm{out} = \mathrm{softmax}\!\left(\frac{q k^\top}{\sqrt{K}} + \mathrm{bias}
+        \ \text{where mask, else } -\infty\right) v
+
+    Args:
+      q: (B, Tq, N, K) queries.
+      k: (B, Tk, N, K) keys.
+      v: (B, Tk, N, Kv) values.
+      mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk) (rank <= 4;
+        missing leading axes are 1). A fully masked query row outputs zeros.
+      bias: float, broadcastable to (B, N, Tq, Tk), added to the scaled logits
+        (must be finite; use ``mask`` to forbid positions).
+      dropout_rate: attention-weight dropout in [0, 1); applied only when
+        ``dropout_key`` is given (so the default is deterministic).
+      dropout_key: PRNG key for dropout.
+      return_weights: also return the (undropped) weights (B, N, Tq, Tk).
+      implementation: None/"xla"/"cudnn" (passed to ``jax.nn.dot_product_attention``
+        on the fast path) or "reference" (always the written-out path).
+      scale: logit scale, default ``1/sqrt(K)``.
+
+    Returns:
+      out (B, Tq, N, Kv), or ``(out, weights)`` with ``return_weights=True``.
+
+    Raises:
+      TypeError / ValueError naming the argument for wrong ranks, dtypes, a non-boolean
+      mask, a mask or bias that does not broadcast, or mismatched key/value lengths.
+    """
+    _check_array(q, "q", 4, "(B, Tq, N, K)")
+    _check_array(k, "k", 4, "(B, Tk, N, K)")
+    _check_array(v, "v", 4, "(B, Tk, N, Kv)")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    B, Tq, N, K = q.shape
+    if k.shape[0] != B or k.shape[2:] != (N, K):
+        raise ValueError(f"k must have shape (B, Tk, N, K) = ({B}, Tk, {N}, {K}) to match q "
+                         f"{tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"k and v must have the same (B, Tk, N); got key length/shape "
+                         f"{tuple(k.shape)} and value {tuple(v.shape)}")
+    Tk = k.shape[1]
+    target = (B, N, Tq, Tk)
+    mask = check_mask(mask, target)
+    bias = _check_bias(bias, target)
+    dropout_rate = _check_rate(dropout_rate, "dropout_rate")
+    scale = 1.0 / math.sqrt(K) if scale is None else float(scale)
+
+    use_dropout = dropout_rate > 0.0 and dropout_key is not None
+    # jax.nn.dot_product_attention computes its softmax in float32: float64 stays on the reference.
+    if (return_weights or use_dropout or implementation == "reference" or v.shape[-1] != K
+            or q.dtype == jnp.float64):
+        out, weights = _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key)
+        return (out, weights) if return_weights else out
+
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                       implementation=implementation)
+    if mask is not None:
+        # jax.nn.dot_product_attention averages v over a fully masked row: zero it.
+        row_valid = jnp.any(mask, axis=-1)                                   # (B|1, N|1, Tq)
+        row_valid = jnp.transpose(row_valid, (0, 2, 1))[..., None]           # (B|1, Tq, N|1, 1)
+        out = jnp.where(row_valid, out, jnp.zeros((), out.dtype))
+    return out
+
+
+# ----------------------------------------------------------------------------- MHA
+
+
+class MHAConfig(NamedTuple):
+    """Static facts of a multi-head attention layer."""
+
+    num_heads: int          # N
+    qkv_size: int           # D = N * K, the projected width
+    out_size: int | None    # Do (None: the query width Eq, fixed at init)
+    use_bias: bool
+    dropout: float          # attention-weight dropout
+    implementation: str | None
+
+    @property
+    def head_size(self) -> int:
+        return self.qkv_size // self.num_heads
+
+
+class MultiHeadAttention(NamedTuple):
+    """Multi-head attention: pure functions over the params layout in the module docstring.
+
+    Attributes:
+      init: ``init(key, query_size, key_size=None, value_size=None, dtype=float32) -> params``
+        (``key_size`` defaults to ``query_size``, ``value_size`` to ``key_size``).
+      apply: ``apply(params, q, k=None, v=None, *, mask=None, bias=None,
+        return_weights=False, dropout_key=None)``: q (B, Tq, Eq), k (B, Tk, Ek),
+        v (B, Tk, Ev) (``k`` defaults to ``q``, ``v`` to ``k``: self-attention) ->
+        out (B, Tq, Do), or ``(out, weights)`` with weights (B, N, Tq, Tk).
+        Deterministic unless ``dropout_key`` is given.
+      apply_jit: ``jax.jit(apply)`` with ``return_weights`` static.
+      heads: ``heads(params, name, x) -> (B, T, N, K)``, the projection ``name`` in
+        {"query", "key", "value"} split into heads.
+      attend: ``attend(params, qh, kh, vh, *, mask=None, bias=None, return_weights=False,
+        dropout_key=None)``: attention over projected heads, then W^O. ``apply`` is
+        ``attend(heads(q), heads(k), heads(v))``; a key/value cache calls it directly.
+      config: the :class:`MHAConfig`.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Any]
+    apply_jit: Callable[..., Any]
+    heads: Callable[[Params, str, Array], Array]
+    attend: Callable[..., Any]
+    config: MHAConfig
+
+
+def _dense_init(key, fan_in: int, fan_out: int, use_bias: bool, dtype) -> Params:
+    """Glorot/Xavier-uniform kernel (Glorot & Bengio 2010), zero bias."""
+    kernel = jax.nn.initializers.xavier_uniform()(key, (fan_in, fan_out), dtype)
+    p = {"kernel": kernel}
+    if use_bias:
+        p["bias"] = jnp.zeros((fan_out,), dtype)
+    return p
+
+
+def dense(p: Params, x: Array) -> Array:
+    """``x @ kernel + bias``: x (..., E) -> (..., F) for ``{"kernel": (E, F), "bias": (F,)}``."""
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None = None,
+                         use_bias: bool = True, dropout: float = 0.0,
+                         implementation: str | None = None) -> MultiHeadAttention:
+    """Multi-head attention (Vaswani et al. 2017 §3.2.2) for self- and cross-attention.
+
+    Args:
+      num_heads: N >= 1; must divide ``qkv_size``.
+      qkv_size: D, the total projected width; each head has K = D // N features.
+      out_size: Do, the width of W^O's output (default: the query input width Eq,
+        as in ``torch.nn.MultiheadAttention`` and Flax).
+      use_bias: biases on the four projections.
+      dropout: attention-weight dropout rate in [0, 1), active only when ``apply``
+        gets a ``dropout_key``.
+      implementation: see :func:`scaled_dot_product_attention`.
+
+    Returns:
+      A :class:`MultiHeadAttention`.
+
+    Example::
+
+        mha = multi_head_attention(num_heads=8, qkv_size=256)
+        params = mha.init(key, query_size=256)
+        y = mha.apply_jit(params, x, x, x, mask=causal_mask(T))          # (B, T, 256)
+    """
+    num_heads = _check_size(num_heads, "num_heads")
+    qkv_size = _check_size(qkv_size, "qkv_size")
+    if qkv_size % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide qkv_size (the model width D)={qkv_size}")
+    if out_size is not None:
+        out_size = _check_size(out_size, "out_size")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    config = MHAConfig(num_heads, qkv_size, out_size, bool(use_bias), _check_rate(dropout, "dropout"),
+                       implementation)
+    N, K = num_heads, qkv_size // num_heads
+
+    def init(key: PRNGKey, query_size: int, key_size: int | None = None,
+             value_size: int | None = None, dtype: DType = jnp.float32) -> Params:
+        query_size = _check_size(query_size, "query_size")
+        key_size = query_size if key_size is None else _check_size(key_size, "key_size")
+        value_size = key_size if value_size is None else _check_size(value_size, "value_size")
+        Do = query_size if out_size is None else out_size
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        return {"query": _dense_init(kq, query_size, qkv_size, use_bias, dtype),
+                "key": _dense_init(kk, key_size, qkv_size, use_bias, dtype),
+                "value": _dense_init(kv, value_size, qkv_size, use_bias, dtype),
+                "out": _dense_init(ko, qkv_size, Do, use_bias, dtype)}
+
+    def _width(params, name):
+        try:
+            return params[name]["kernel"].shape[0]
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"params must have the layout multi_head_attention.init returns "
+                             f"({{'query', 'key', 'value', 'out'}} each {{'kernel', 'bias'}}); "
+                             f"missing {name!r}") from err
+
+    def heads(params: Params, name: str, x: Array) -> Array:
+        y = dense(params[name], x)                                            # (B, T, D)
+        return y.reshape(*x.shape[:-1], N, K)                                 # (B, T, N, K)
+
+    def attend(params: Params, qh: Array, kh: Array, vh: Array, *, mask=None, bias=None,
+               return_weights: bool = False, dropout_key: PRNGKey | None = None):
+        res = scaled_dot_product_attention(qh, kh, vh, mask=mask, bias=bias,
+                                           dropout_rate=config.dropout, dropout_key=dropout_key,
+                                           return_weights=return_weights,
+                                           implementation=implementation)
+        o, w = res if return_weights else (res, None)
+        out = dense(params["out"], o.reshape(*o.shape[:-2], N * K))          # (B, Tq, Do)
+        return (out, w) if return_weights else out
+
+    def apply(params: Params, q: Array, k: Array | None = None, v: Array | None = None, *,
+              mask: Array | None = None, bias: Array | None = None, return_weights: bool = False,
+              dropout_key: PRNGKey | None = None):
+        k = q if k is None else k
+        v = k if v is None else v
+        for name, x, size, layout in (("q", q, "query", "(B, Tq, Eq)"), ("k", k, "key", "(B, Tk, Ek)"),
+                                      ("v", v, "value", "(B, Tk, Ev)")):
+            _check_array(x, name, 3, layout)
+            E = _width(params, size)
+            if x.shape[-1] != E:
+                raise ValueError(f"{name} has {x.shape[-1]} features (shape {tuple(x.shape)}) but "
+                                 f"params were initialised for {size}_size={E}")
+        if k.shape[:2] != v.shape[:2]:
+            raise ValueError(f"k and v must have the same batch and length (B, Tk); got key shape "
+                             f"{tuple(k.shape)} and value shape {tuple(v.shape)}")
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"q and k must have the same batch size; got {q.shape[0]} and {k.shape[0]}")
+        check_mask(mask, (q.shape[0], N, q.shape[1], k.shape[1]))
+        if q is k and k is v:
+            # Self-attention: one fused (E, 3D) projection instead of three matmuls.
+            w = jnp.concatenate([params[n]["kernel"] for n in ("query", "key", "value")], axis=1)
+            qkv = q @ w
+            if use_bias:
+                qkv = qkv + jnp.concatenate([params[n]["bias"] for n in ("query", "key", "value")])
+            qkv = qkv.reshape(*q.shape[:-1], 3, N, K)                        # (B, T, 3, N, K)
+            qh, kh, vh = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        else:
+            qh, kh, vh = heads(params, "query", q), heads(params, "key", k), heads(params, "value", v)
+        return attend(params, qh, kh, vh, mask=mask, bias=bias, return_weights=return_weights,
+                      dropout_key=dropout_key)
+
+    apply_jit = jax.jit(apply, static_argnames=("return_weights",))
+    return MultiHeadAttention(init, apply, apply_jit, heads, attend, config)
+
+
+# ----------------------------------------------------------------------------- RNN attention
+
+
+def _query_keys(query, keys, values, mask):
+    """Normalise (B, Eq) | (B, S, Eq) queries; check keys/values/mask. Returns squeeze flag."""
+    _check_array(query, "query", (2, 3), "(B, Eq) or (B, S, Eq)")
+    _check_array(keys, "keys", 3, "(B, T, Ek)")
+    values = keys if values is None else values
+    _check_array(values, "values", 3, "(B, T, Ev)")
+    if keys.shape[:2] != values.shape[:2]:
+        raise ValueError(f"keys and values must have the same (B, T); got key shape "
+                         f"{tuple(keys.shape)} and value shape {tuple(values.shape)}")
+    if query.shape[0] != keys.shape[0]:
+        raise ValueError(f"query and keys must have the same batch size; got {query.shape[0]} "
+                         f"and {keys.shape[0]}")
+    single = query.ndim == 2
+    if single:
+        query = query[:, None, :]
+    B, T = keys.shape[:2]
+    if mask is not None:
+        mask = check_mask(mask, (B, query.shape[1], T), "mask")
+    return query, values, mask, single
+
+
+def _masked_softmax(scores, mask):
+    """scores (B, S, T), mask broadcastable -> weights, fully masked rows are zeros."""
+    if mask is not None:
+        scores = jnp.where(mask, scores, _large_negative(scores.dtype))
+    w = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        w = jnp.where(jnp.any(mask, axis=-1, keepdims=True), w, 0.0)
+    return w
+
+
+class AdditiveAttention(NamedTuple):
+    """Bahdanau attention: see :func:`additive_attention`.
+
+    Attributes:
+      init: ``init(key, query_size, key_size, dtype=float32) -> params``.
+      apply: ``apply(params, query, keys, values=None, *, mask=None, projected_keys=None)
+        -> (context, weights)``.
+      project_keys: ``project_keys(params, keys) -> (B, T, A)``, the query-independent
+        part, computed once per source sequence and passed back as ``projected_keys``.
+      hidden_size: A, the attention MLP width.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., tuple[Array, Array]]
+    project_keys: Callable[[Params, Array], Array]
+    hidden_size: int
+
+
+def additive_attention(hidden_size: int) -> AdditiveAttention:
+    r"""Additive attention (Bahdanau, Cho & Bengio 2015, "Neural machine translation by
+    jointly learning to align and translate", eq. 6 and appendix A.1.2).
+
+    .. math::
+        e_{t} = v^\top \tanh(W_q q + W_k k_t + b),\qquad
+        \alpha = \mathrm{softmax}(e),\qquad c = \textstyle\sum_t \alpha_t v_t
+
+    Params: ``{"query": {"kernel": (Eq, A)}, "key": {"kernel": (Ek, A), "bias": (A,)},
+    "energy": {"kernel": (A, 1)}}``.
+
+    ``apply(params, query, keys, values=None, *, mask=None, projected_keys=None)``:
+    query (B, Eq) (one decoder step) or (B, S, Eq); keys (B, T, Ek); values (B, T, Ev)
+    (default keys); mask boolean broadcastable to (B, S, T) (e.g. ``(B, 1, T)`` source
+    padding), True = attend. Returns context (B, Ev) and weights (B, T) for a (B, Eq)
+    query, or (B, S, Ev) and (B, S, T). A fully masked row gives zeros.
+    """
+    A = _check_size(hidden_size, "hidden_size")
+
+    def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
+        kq, kk, ke = jax.random.split(key, 3)
+        return {"query": _dense_init(kq, _check_size(query_size, "query_size"), A, False, dtype),
+                "key": _dense_init(kk, _check_size(key_size, "key_size"), A, True, dtype),
+                "energy": _dense_init(ke, A, 1, False, dtype)}
+
+    def project_keys(params: Params, keys: Array) -> Array:
+        return dense(params["key"], keys)                                     # (B, T, A)
+
+    def apply(params: Params, query: Array, keys: Array, values: Array | None = None, *,
+              mask: Array | None = None, projected_keys: Array | None = None):
+        query, values, mask, single = _query_keys(query, keys, values, mask)
+        pk = project_keys(params, keys) if projected_keys is None else projected_keys
+        pq = dense(params["query"], query)                                    # (B, S, A)
+        e = dense(params["energy"], jnp.tanh(pq[:, :, None, :] + pk[:, None, :, :]))[..., 0]
+        w = _masked_softmax(e, mask)                                          # (B, S, T)
+        ctx = jnp.einsum("bst,bte->bse", w, values)
+        return (ctx[:, 0], w[:, 0]) if single else (ctx, w)
+
+    return AdditiveAttention(init, apply, project_keys, A)
+
+
+class LuongAttention(NamedTuple):
+    """Luong attention: see :func:`luong_attention`.
+
+    Attributes:
+      init: ``init(key, query_size, key_size, dtype=float32) -> params`` ({} for "dot").
+      apply: ``apply(params, query, keys, values=None, *, mask=None) -> (context, weights)``.
+      score: ``"dot"`` or ``"general"``.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., tuple[Array, Array]]
+    score: str
+
+
+def luong_attention(score: str = "general", *, scale: bool = False) -> LuongAttention:
+    r"""Multiplicative attention (Luong, Pham & Manning 2015, "Effective approaches to
+    attention-based neural machine translation", eq. 8).
+
+    .. math::
+        \mathrm{score}(q, k_t) = q^\top k_t \ (\texttt{"dot"}),\qquad
+        q^\top W_a k_t \ (\texttt{"general"})
+
+    followed by a (masked) softmax over t and the context ``c = sum_t alpha_t v_t``.
+    ``"dot"`` needs Eq == Ek and has no params; ``"general"`` has
+    ``{"kernel": (Eq, Ek)}`` so the score is ``(q @ kernel) . k``.
+
+    Args:
+      score: ``"dot"`` or ``"general"``.
+      scale: divide scores by sqrt(Ek) (scaled dot product).
+
+    ``apply`` takes and returns the shapes of :func:`additive_attention`.
+    """
+    if score not in ("dot", "general"):
+        raise ValueError(f"score must be 'dot' or 'general', got {score!r}")
+
+    def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
+        query_size = _check_size(query_size, "query_size")
+        key_size = _check_size(key_size, "key_size")
+        if score == "dot":
+            if query_size != key_size:
+                raise ValueError(f"score='dot' needs query_size == key_size, got {query_size} "
+                                 f"and {key_size}; use score='general'")
+            return {}
+        return {"kernel": jax.nn.initializers.xavier_uniform()(key, (query_size, key_size), dtype)}
+
+    def apply(params: Params, query: Array, keys: Array, values: Array | None = None, *,
+              mask: Array | None = None):
+        query, values, mask, single = _query_keys(query, keys, values, mask)
+        q = query @ params["kernel"] if score == "general" else query         # (B, S, Ek)
+        if q.shape[-1] != keys.shape[-1]:
+            raise ValueError(f"query width {q.shape[-1]} does not match keys width "
+                             f"{keys.shape[-1]} for score={score!r}")
+        e = jnp.einsum("bse,bte->bst", q, keys)
+        if scale:
+            e = e / math.sqrt(keys.shape[-1])
+        w = _masked_softmax(e, mask)
+        ctx = jnp.einsum("bst,bte->bse", w, values)
+        return (ctx[:, 0], w[:, 0]) if single else (ctx, w)
+
+    return LuongAttention(init, apply, score)
