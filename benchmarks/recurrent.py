@@ -1,0 +1,230 @@
+"""Forward+backward time of seqjax's LSTM/GRU/RNN layers against Flax, Equinox and PyTorch.
+
+Every candidate computes the gradient of ``sum(outputs**2)`` with respect to its
+parameters for one batch-major input (B, T, I), single layer, unidirectional, no
+padding. All candidates run in ONE process, in interleaved rounds (see
+``benchmarks/_common.py``); the table reports medians over rounds and their ratio to
+PyTorch for the same cell (PyTorch = 1.00x). Run::
+
+    .venv/bin/python benchmarks/recurrent.py                 # ANCHORS §4 workload
+    .venv/bin/python benchmarks/recurrent.py --quick --out /tmp/bench   # smoke test
+
+Peers, as a user of each library would write them:
+
+- seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``.
+- Flax linen: ``nn.RNN(cell)`` with ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``,
+  ``SimpleCell`` (tanh).
+- Equinox: ``eqx.nn.LSTMCell`` / ``GRUCell`` in a ``lax.scan`` over time, ``jax.vmap``
+  over the batch (the pattern of Equinox's RNN example); Equinox has no plain RNN cell.
+- PyTorch: ``torch.nn.LSTM`` / ``GRU`` / ``RNN(nonlinearity="tanh")``, ``batch_first``,
+  eager, default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import _common
+from seqjax import cells, io, recurrent
+
+CELLS = ("lstm", "gru", "rnn_tanh")
+CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)"}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+Candidate = tuple[str, str, Callable[[], Any]]   # (cell, implementation, run-once callable)
+
+
+def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> Callable[[], Any]:
+    grad = jax.jit(jax.grad(loss))
+    return lambda: jax.block_until_ready(grad(params, x))
+
+
+def seqjax_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> Callable[[], Any]:
+    """seqjax's public layer: ``layer(cells.make(cell_name, H)).apply``."""
+    layer = recurrent.layer(cells.make(cell_name, hidden))
+    params = layer.init(key, x.shape[-1])
+
+    def loss(params, x):
+        outputs, _ = layer.apply(params, x)
+        return jnp.sum(outputs ** 2)
+    return _jax_runner(loss, params, x)
+
+
+def flax_candidates(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> dict[str, Callable]:
+    """``flax.linen.RNN`` over the matching Flax cell(s)."""
+    import flax.linen as nn
+
+    cell_classes = {"lstm": {"Flax LSTMCell": nn.LSTMCell, "Flax OptimizedLSTMCell": nn.OptimizedLSTMCell},
+                    "gru": {"Flax GRUCell": nn.GRUCell},
+                    "rnn_tanh": {"Flax SimpleCell": nn.SimpleCell}}[cell_name]
+    runners = {}
+    for label, cls in cell_classes.items():
+        model = nn.RNN(cls(features=hidden))
+        params = model.init(key, x)
+
+        def loss(params, x, model=model):
+            return jnp.sum(model.apply(params, x) ** 2)
+        runners[label] = _jax_runner(loss, params, x)
+    return runners
+
+
+def equinox_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> Callable | None:
+    """An Equinox cell in ``lax.scan`` over time, ``vmap`` over the batch; None for RNN."""
+    import equinox as eqx
+
+    if cell_name not in ("lstm", "gru"):
+        return None
+    is_lstm = cell_name == "lstm"
+    cell = (eqx.nn.LSTMCell if is_lstm else eqx.nn.GRUCell)(x.shape[-1], hidden, key=key)
+
+    def run(cell, xs):                                   # xs (T, I) -> (T, H)
+        zeros = jnp.zeros((hidden,), xs.dtype)
+        init = (zeros, zeros) if is_lstm else zeros
+
+        def step(carry, x_t):
+            carry = cell(x_t, carry)
+            return carry, (carry[0] if is_lstm else carry)
+        return jax.lax.scan(step, init, xs)[1]
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(cell, x):
+        return jnp.sum(jax.vmap(run, in_axes=(None, 0))(cell, x) ** 2)
+    return lambda: jax.block_until_ready(grad(cell, x))
+
+
+def torch_candidate(cell_name: str, x: np.ndarray, hidden: int, seed: int,
+                    threads: int | None = None) -> Callable | None:
+    """``torch.nn.LSTM``/``GRU``/``RNN`` eager forward + ``backward()``; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    kwargs = dict(input_size=x.shape[-1], hidden_size=hidden, batch_first=True)
+    module = {"lstm": lambda: torch.nn.LSTM(**kwargs), "gru": lambda: torch.nn.GRU(**kwargs),
+              "rnn_tanh": lambda: torch.nn.RNN(nonlinearity="tanh", **kwargs)}[cell_name]()
+    xt = torch.from_numpy(np.array(x, dtype=np.float32))
+
+    def run():
+        for p in module.parameters():
+            p.grad = None
+        outputs, _ = module(xt)
+        (outputs ** 2).sum().backward()
+        return module.weight_hh_l0.grad
+    return run
+
+
+def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden: int,
+                     seed: int = 0, torch_threads: int | None = None) -> list[Candidate]:
+    """All (cell, implementation, runner) triples for one workload."""
+    key = jax.random.key(seed)
+    k_x, k_params = jax.random.split(key)
+    x = jax.random.normal(k_x, (batch, time, input_size), jnp.float32)
+    x_np = np.asarray(x)
+    candidates: list[Candidate] = []
+    for name in cell_names:
+        kp = jax.random.fold_in(k_params, CELLS.index(name))
+        candidates.append((name, "seqjax", seqjax_candidate(name, x, hidden, kp)))
+        candidates += [(name, label, fn) for label, fn in flax_candidates(name, x, hidden, kp).items()]
+        eqx_fn = equinox_candidate(name, x, hidden, kp)
+        if eqx_fn is not None:
+            candidates.append((name, "Equinox", eqx_fn))
+        torch_fn = torch_candidate(name, x_np, hidden, seed, torch_threads)
+        if torch_fn is not None:
+            candidates.append((name, "PyTorch", torch_fn))
+    return candidates
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=32, help="B (default 32)")
+    p.add_argument("--time", type=int, default=128, help="T (default 128)")
+    p.add_argument("--input", type=int, default=128, help="I, input features (default 128)")
+    p.add_argument("--hidden", type=int, default=256, help="H (default 256)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
+    p.add_argument("--number", type=int, default=2, help="calls per candidate per round (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first (default 2)")
+    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS), help="cells to time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads (default: PyTorch's own default, as users get it)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: B=2, T=8, I=8, H=16, 2 rounds of 1 call, 1 warm-up")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output directory for recurrent.json and recurrent.md (default {DEFAULT_OUT})")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.time, args.input, args.hidden = 2, 8, 8, 16
+        args.rounds, args.number, args.warmup = 2, 1, 1
+    for name in ("batch", "time", "input", "hidden", "rounds", "number"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def _rows(candidates: list[Candidate], times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    rows = []
+    for cell, impl, _ in candidates:
+        rows.append({"cell": cell, "implementation": impl, **_common.summarize(times[f"{cell}/{impl}"]),
+                     "round_ms": [1e3 * t for t in times[f"{cell}/{impl}"]]})
+    for row in rows:    # ratio to PyTorch for the same cell (to seqjax when torch is missing)
+        same = {r["implementation"]: r for r in rows if r["cell"] == row["cell"]}
+        base = same.get("PyTorch", same["seqjax"])
+        row["baseline"] = base["implementation"]
+        row["ratio"] = row["median_ms"] / base["median_ms"]
+    return rows
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    c = payload["config"]
+    base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in payload["rows"]) else "seqjax"
+    table = _common.markdown_table(
+        ["cell", "implementation", "median ms", "IQR ms", f"vs {base}"],
+        [[CELL_TITLES[r["cell"]], r["implementation"], r["median_ms"],
+          f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}", f"{r['ratio']:.2f}x"] for r in payload["rows"]])
+    return (f"### Recurrent layers: forward + backward of `sum(outputs**2)`\n\n"
+            f"B={c['batch']}, T={c['time']}, I={c['input']}, H={c['hidden']}, float32, one layer, "
+            f"one direction; medians of {c['rounds']} interleaved rounds x {c['number']} calls, "
+            f"one process ({base} = 1.00x, lower is better).\n\n{table}\n"
+            f"Machine: {_common.machine_line(payload['machine'])}.\n\n"
+            f"Command: `{payload['command']}`\n")
+
+
+def main(argv=None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write ``recurrent.json`` and ``recurrent.md``."""
+    args = parse_args(argv)
+    out_dir = io.ensure_writable_dir(args.out, "--out")
+    command = "python benchmarks/recurrent.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
+                                  args.torch_threads)
+    machine = _common.machine_info()    # after build_candidates: records the torch threads used
+    print(f"timing {len(candidates)} candidates: {args.rounds} rounds x {args.number} calls", flush=True)
+    times = _common.time_interleaved({f"{c}/{i}": fn for c, i, fn in candidates}, rounds=args.rounds,
+                                     number=args.number, warmup=args.warmup)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {"benchmark": "recurrent", "config": config, "command": command.strip(),
+               "machine": machine, "rows": _rows(candidates, times),
+               "loadavg_at_end": list(os.getloadavg())}
+    text = markdown(payload)
+    _common.write_results(out_dir, "recurrent", payload, text)
+    print(text, flush=True)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Benchmark scripts run end to end (--quick) and write every row; no timing is asserted."""
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import(monkeypatch, module: str):
+    monkeypatch.syspath_prepend(str(ROOT))   # `benchmarks` is a folder at the repository root
+    return importlib.import_module(module)
+
+
+@pytest.mark.slow
+def test_recurrent_quick_writes_every_row(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
+    pytest.importorskip("equinox", reason="the Equinox rows need equinox (the `test` extra)")
+    bench = _import(monkeypatch, "benchmarks.recurrent")
+    payload = bench.main(["--quick", "--out", str(tmp_path)])
+
+    written = json.loads((tmp_path / "recurrent.json").read_text())
+    expected = {("lstm", "seqjax"), ("lstm", "Flax LSTMCell"), ("lstm", "Flax OptimizedLSTMCell"),
+                ("lstm", "Equinox"), ("lstm", "PyTorch"),
+                ("gru", "seqjax"), ("gru", "Flax GRUCell"), ("gru", "Equinox"), ("gru", "PyTorch"),
+                ("rnn_tanh", "seqjax"), ("rnn_tanh", "Flax SimpleCell"), ("rnn_tanh", "PyTorch")}
+    rows = {(r["cell"], r["implementation"]): r for r in written["rows"]}
+    assert set(rows) == expected
+    assert len(written["rows"]) == len(expected)            # no duplicates
+    for key, row in rows.items():
+        assert row["median_ms"] > 0, key
+        assert len(row["round_ms"]) == written["config"]["rounds"] == 2, key
+        assert row["baseline"] == "PyTorch", key
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        assert rows[(cell, "PyTorch")]["ratio"] == 1.0
+    assert written["config"]["batch"] == 2 and written["config"]["hidden"] == 16
+    assert written["machine"]["versions"]["jax"]
+    assert written == json.loads(json.dumps(payload, default=list))   # the JSON is what main returned
+    md = (tmp_path / "recurrent.md").read_text()
+    for title in ("LSTM", "GRU", "RNN (tanh)", "Flax OptimizedLSTMCell", "Equinox", "PyTorch"):
+        assert f"| {title} |" in md or f"| {title}" in md
+
+
+def test_recurrent_rejects_bad_sizes(monkeypatch, capsys):
+    bench = _import(monkeypatch, "benchmarks.recurrent")
+    with pytest.raises(SystemExit):
+        bench.main(["--hidden", "0", "--out", "/nonexistent-never-written"])
+    assert "--hidden must be >= 1" in capsys.readouterr().err
+
+
+def test_recurrent_checks_out_dir_before_compute(tmp_path, monkeypatch):
+    bench = _import(monkeypatch, "benchmarks.recurrent")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    called = []
+    monkeypatch.setattr(bench, "build_candidates", lambda *a, **k: called.append(1) or [])
+    with pytest.raises(ValueError, match="--out"):
+        bench.main(["--quick", "--out", str(blocker / "sub")])
+    assert not called
