@@ -1,0 +1,495 @@
+r"""Gradient-flow analysis: per-step state gradients, Jacobian norms, gradient statistics.
+
+The quantities here are the ones the vanishing/exploding-gradient literature plots
+(Bengio et al. 1994; Hochreiter & Schmidhuber 1997; Pascanu et al. 2013):
+
+* :func:`state_gradients`: the **total** derivative :math:`\partial L / \partial h_t`
+  of a loss with respect to the recurrent state after every step, in one backward pass.
+* :func:`jacobian_norms`: :math:`\| \partial h_T / \partial h_t \|_2` (spectral norm,
+  per example, per step), exactly for small H and by power iteration for large H.
+* :func:`input_gradient_norms`: :math:`\| \partial L / \partial x_t \|` for any
+  sequence-to-sequence function (attention models), with the loss read at one position.
+* :func:`global_norm`, :func:`grad_norms_by_path`, :func:`gradient_statistics`: pure
+  pytree reductions that return flat ``{"grads/<path>": value}`` metric dicts, usable
+  inside a jitted training step (the nanodo convention).
+
+Everything recurrent goes through :func:`seqjax.recurrent.unroll`; no other scan over
+time is written here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.cells import Cell
+from seqjax.recurrent import Recurrent, unroll, validate_lengths
+from seqjax.types import Array, Carry, Params, PRNGKey
+
+__all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "global_norm",
+           "grad_norms_by_path", "gradient_statistics"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_xs(xs, name: str = "xs") -> None:
+    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+        raise TypeError(f"{name} must be an array of shape (B, T, E), got {type(xs).__name__}")
+    if xs.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, T, E) (rank 3, batch-major), got shape {tuple(xs.shape)}")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating (float32, bfloat16, float64), got dtype {xs.dtype}")
+    if xs.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one time step (T >= 1), got shape {tuple(xs.shape)}")
+
+
+def _check_cell_inputs(cell: Cell, params: Params, xs, initial_carry) -> Carry:
+    """Validate (cell, params, xs, initial_carry); return the initial carry, (B, H) leaves."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a seqjax.cells.Cell or a seqjax.recurrent.Recurrent layer, "
+                        f"got {type(cell).__name__}")
+    _check_xs(xs)
+    try:
+        E = params["w_ih"].shape[0]
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError("params must be the dict cell.init returns (with 'w_ih' of shape (E, G*H))") from err
+    if xs.shape[-1] != E:
+        raise ValueError(f"xs has {xs.shape[-1]} features (shape {tuple(xs.shape)}) but the cell's params "
+                         f"were initialised for input_size E={E}")
+    B = xs.shape[0]
+    ref = cell.initial_carry((B,), xs.dtype)
+    if initial_carry is None:
+        return ref
+    if jax.tree.structure(initial_carry) != jax.tree.structure(ref):
+        raise ValueError(f"initial_carry must have the structure of cell.initial_carry((B,)) "
+                         f"({jax.tree.structure(ref)}), got {jax.tree.structure(initial_carry)}")
+    for leaf in jax.tree.leaves(initial_carry):
+        if tuple(leaf.shape) != (B, cell.hidden_size):
+            raise ValueError(f"initial_carry leaves must have shape (B, H) = {(B, cell.hidden_size)}, "
+                             f"got {tuple(leaf.shape)}")
+    return initial_carry
+
+
+def _check_scalar_loss(loss_fn: Callable, *args) -> None:
+    """Trace ``loss_fn`` abstractly (jax.eval_shape) and insist on a floating scalar."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    out = jax.eval_shape(loss_fn, *args)
+    leaves = jax.tree.leaves(out)
+    if len(leaves) != 1 or tuple(leaves[0].shape) != ():
+        shapes = [tuple(leaf.shape) for leaf in leaves]
+        raise ValueError(f"loss_fn must return a scalar (shape ()), got {shapes if len(shapes) != 1 else shapes[0]}"
+                         " - reduce it, e.g. with jnp.mean")
+    if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+        raise TypeError(f"loss_fn must return a floating scalar, got dtype {leaves[0].dtype}")
+
+
+# ----------------------------------------------------------------------------- state gradients
+
+
+def _perturbed_step(cell: Cell) -> Callable:
+    """``cell.step`` with a perturbation added to the new carry: scanned input (x_t, eps_t).
+
+    The output is re-read from the perturbed carry, so eps_t reaches the loss through
+    every path h_t takes: its own output y_t and all later steps.
+    """
+    def step(params: Params, carry: Carry, x_eps) -> tuple[Carry, Array]:
+        x, eps = x_eps
+        carry, _ = cell.step(params, carry, x)
+        carry = jax.tree.map(jnp.add, carry, eps)
+        return carry, cell.output(carry)
+    return step
+
+
+def _zeros_with_time(carry: Carry, T: int) -> Carry:
+    """(B, H) carry leaves -> (B, T, H) zeros: one perturbation per step."""
+    return jax.tree.map(lambda a: jnp.zeros((a.shape[0], T) + a.shape[1:], a.dtype), carry)
+
+
+def _layer_outputs(rec: Recurrent, params: Params, xs: Array, eps: list, lengths, carry0) -> Array:
+    """``rec.apply`` with a perturbation on every (layer, direction, step) carry.
+
+    Mirrors :func:`seqjax.recurrent.layer`'s apply (without dropout: gradients are
+    analysed in deterministic mode); the tests check it against ``rec.apply``.
+    """
+    cfg = rec.config
+    directions = ("forward", "backward") if cfg.bidirectional else ("forward",)
+    step = _perturbed_step(cfg.cell)
+    h = xs
+    for k in range(cfg.num_layers):
+        outs = []
+        for j, d in enumerate(directions):
+            c0 = jax.tree.map(lambda a: a[k * len(directions) + j], carry0)
+            _, ys = unroll(step, params["layers"][k][d], c0, (h, eps[k][d]),
+                           lengths=lengths, reverse=(d == "backward"))
+            outs.append(ys)
+        h = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)    # (B, T, ND*H)
+    return h
+
+
+def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
+                    loss_fn: Callable[[Array], Array], *, initial_carry: Carry | None = None,
+                    lengths: Array | None = None):
+    r"""Total derivative :math:`\partial L/\partial h_t` of a loss w.r.t. every step's state.
+
+    :math:`h_t` is the carry after consuming :math:`x_t` (for an LSTM the whole
+    ``LSTMState(h, c)``), and the derivative is the **total** one: it runs through
+    every later step,
+
+    .. math::
+        \frac{\partial L}{\partial h_t} = \frac{\partial^+ L}{\partial y_t}\frac{\partial y_t}{\partial h_t}
+          + \frac{\partial L}{\partial h_{t+1}}\frac{\partial h_{t+1}}{\partial h_t}.
+
+    It is computed in **one** backward pass: a zero perturbation
+    :math:`\epsilon_t` is added to the carry at every step (the scan reads
+    :math:`(x_t, \epsilon_t)` and carries :math:`h_t + \epsilon_t`), and
+    :math:`\partial L/\partial h_t = \partial L/\partial \epsilon_t` at
+    :math:`\epsilon = 0`. The cost is about one ``jax.value_and_grad`` of the loss
+    (``benchmarks/state_gradients.py`` measures it).
+
+    Why not the gradient w.r.t. the scan *outputs* ``ys``: differentiating
+    ``loss_fn(ys)`` w.r.t. ``ys`` treats every :math:`y_t` as an independent leaf, so
+    it returns only the *explicit* term :math:`\partial^+ L/\partial y_t`, the effect
+    of :math:`y_t` on the loss through the loss function alone, and misses the path
+    through :math:`h_{t+1}, h_{t+2}, \dots`. Under a loss on the final step only
+    (adding problem, classification) that explicit term is exactly zero for every
+    step but the last, which says nothing about vanishing or exploding gradients.
+    The perturbation trick measures the total derivative, the quantity of
+    Bengio et al. 1994 and Pascanu et al. 2013.
+
+    Args:
+      cell: a :class:`seqjax.cells.Cell`, or a multi-layer / bidirectional
+        :class:`seqjax.recurrent.Recurrent` layer (analysed without dropout).
+      params: ``cell.init(...)`` (or ``layer.init(...)``).
+      xs: (B, T, E) floating inputs, batch-major, T >= 1.
+      loss_fn: maps the per-step outputs to a scalar: (B, T, H) for a cell,
+        (B, T, D*H) for a layer (D = 2 if bidirectional). Checked with
+        ``jax.eval_shape`` before anything is computed.
+      initial_carry: a cell's carry with (B, H) leaves, or a layer's
+        ``(L*D, B, H)`` final-state layout; zeros by default.
+      lengths: optional (B,) ints in [1, T] (right padding). Padded steps do not
+        change the carry, so their state gradient is exactly zero.
+
+    Returns:
+      For a cell: the carry's structure with a time axis, (B, T, H) leaves (an
+      ``LSTMState(h, c)`` of two (B, T, H) arrays for an LSTM); entry ``[:, t]`` is
+      :math:`\partial L/\partial h_t` for the state after ``xs[:, t]``.
+
+      For a layer: a list of length L mirroring ``params["layers"]``: element k is
+      ``{"forward": g, "backward": g}`` (``"backward"`` only when bidirectional)
+      with ``g`` as for a cell: the gradient w.r.t. layer k's own carries. For the
+      backward direction, entry ``[:, t]`` is its state after consuming ``xs[:, t]``
+      on its way from the end.
+
+    Raises:
+      TypeError / ValueError: on a cell of the wrong type, ``xs`` that is not
+      (B, T >= 1, E) with E matching ``params``, a mis-shaped ``initial_carry`` or
+      ``lengths``, or a ``loss_fn`` that does not return a floating scalar.
+    """
+    if isinstance(cell, Recurrent):
+        return _layer_state_gradients(cell, params, xs, loss_fn, initial_carry, lengths)
+    carry0 = _check_cell_inputs(cell, params, xs, initial_carry)
+    B, T, _ = xs.shape
+    if lengths is not None:
+        lengths = validate_lengths(lengths, B, T)
+    eps0 = _zeros_with_time(carry0, T)
+    step = _perturbed_step(cell)
+
+    def loss_of_eps(eps):
+        _, ys = unroll(step, params, carry0, (xs, eps), lengths=lengths)  # ys (B, T, H)
+        return loss_fn(ys)
+
+    ys_shape = jax.eval_shape(lambda e: unroll(step, params, carry0, (xs, e), lengths=lengths)[1], eps0)
+    _check_scalar_loss(loss_fn, ys_shape)
+    return jax.grad(loss_of_eps)(eps0)
+
+
+def _layer_state_gradients(rec: Recurrent, params, xs, loss_fn, initial_carry, lengths):
+    _check_xs(xs)
+    # The layer's own boundary checks (params layout, E, lengths, initial_carry) run
+    # here on shapes only; eval_shape also gives the outputs' shape for the loss check.
+    ys_shape = jax.eval_shape(lambda: rec.apply(params, xs, lengths=lengths, initial_carry=initial_carry,
+                                                deterministic=True)[0])
+    _check_scalar_loss(loss_fn, ys_shape)
+    cfg = rec.config
+    B, T, _ = xs.shape
+    if lengths is not None:
+        lengths = validate_lengths(lengths, B, T)
+    directions = ("forward", "backward") if cfg.bidirectional else ("forward",)
+    carry0 = (initial_carry if initial_carry is not None
+              else cfg.cell.initial_carry((cfg.num_layers * len(directions), B), xs.dtype))
+    one = jax.tree.map(lambda a: a[0], carry0)                         # (B, H) leaves
+    eps0 = [{d: _zeros_with_time(one, T) for d in directions} for _ in range(cfg.num_layers)]
+    return jax.grad(lambda eps: loss_fn(_layer_outputs(rec, params, xs, eps, lengths, carry0)))(eps0)
+
+
+# ----------------------------------------------------------------------------- Jacobian norms
+
+
+def _flatten_carry(carry: Carry) -> Array:
+    """Carry leaves (..., H) -> one vector (..., n) with n = (number of leaves) * H."""
+    return jnp.concatenate(jax.tree.leaves(carry), axis=-1)
+
+
+def _unflatten_carry(z: Array, like: Carry) -> Carry:
+    leaves, treedef = jax.tree.flatten(like)
+    parts = jnp.split(z, len(leaves), axis=-1)
+    return jax.tree.unflatten(treedef, parts)
+
+
+def _per_example_norm(tree: Carry) -> Array:
+    """sqrt of the sum of squares over everything but the leading batch axis: (B,)."""
+    sq = [jnp.sum(jnp.square(a).reshape(a.shape[0], -1), axis=1) for a in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(sq))
+
+
+def _exact_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry) -> Array:
+    """Accumulated products M_t = J_{T-1} ... J_{t+1}, spectral norm of each: (B, T)."""
+    def carry_step(p, c, x):
+        c, _ = cell.step(p, c, x)
+        return c, c
+
+    _, states = unroll(carry_step, params, carry0, xs)                          # (B, T, H) leaves
+    prev = jax.tree.map(lambda s0, s: jnp.concatenate([s0[:, None], s[:, :-1]], axis=1), carry0, states)
+    prev_flat = _flatten_carry(prev)                                            # (B, T, n)
+    like = jax.tree.map(lambda a: a[0], carry0)                                 # (H,) leaves
+
+    def flat_step(z, x):                                                        # z (n,), x (E,)
+        return _flatten_carry(cell.step(params, _unflatten_carry(z, like), x)[0])
+
+    step_jacobian = jax.vmap(jax.jacfwd(flat_step))                            # -> (B, n, n)
+
+    def product_step(_, M, z_x):
+        # On entry M = dh_{T-1}/dh_t (t = this step); emit its norm, then extend it
+        # one step back with J_t = dh_t/dh_{t-1}.
+        z, x = z_x
+        norm = jnp.linalg.svd(M, compute_uv=False)[:, 0]                      # (B,)
+        return M @ step_jacobian(z, x), norm
+
+    B, n = prev_flat.shape[0], prev_flat.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=prev_flat.dtype), (B, n, n))
+    _, norms = unroll(product_step, None, eye, (prev_flat, xs), reverse=True)   # (B, T)
+    return norms
+
+
+def _power_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry, steps: Array,
+                          num_iters: int, key: PRNGKey) -> Array:
+    """Power iteration on M_t^T M_t with JVPs/VJPs of the final state: (B, len(steps))."""
+    T = xs.shape[1]
+    step = _perturbed_step(cell)
+    eps0 = _zeros_with_time(carry0, T)
+
+    def final_state(eps):
+        return unroll(step, params, carry0, (xs, eps))[0]                      # (B, H) leaves
+
+    _, f_jvp = jax.linearize(final_state, eps0)                                 # eps -> dh_T
+    f_vjp = jax.linear_transpose(f_jvp, eps0)                                   # dh_T -> eps
+
+    def matvec(t, v):     # M_t v: v injected at step t only, carried to T
+        return f_jvp(jax.tree.map(lambda z, a: z.at[:, t].set(a), eps0, v))
+
+    def rmatvec(t, u):    # M_t^T u: one VJP gives all steps; keep step t
+        return jax.tree.map(lambda g: g[:, t], f_vjp(u)[0])
+
+    def normalise(v):
+        norm = _per_example_norm(v)
+        safe = jnp.where(norm > 0, norm, 1.0)
+        return jax.tree.map(lambda a: a / safe.reshape((-1,) + (1,) * (a.ndim - 1)), v)
+
+    def one_step_norm(t, v0):
+        def body(_, v):
+            return normalise(rmatvec(t, matvec(t, v)))
+        v = jax.lax.fori_loop(0, num_iters, body, normalise(v0))
+        return _per_example_norm(matvec(t, v))                                  # (B,)
+
+    like = jax.tree.map(lambda a: jnp.zeros((steps.shape[0],) + a.shape, a.dtype), carry0)
+    keys = jax.random.split(key, len(jax.tree.leaves(like)))
+    v0 = jax.tree.unflatten(jax.tree.structure(like),
+                            [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, jax.tree.leaves(like))])
+    norms = jax.vmap(one_step_norm)(steps, v0)                                  # (len(steps), B)
+    return norms.T
+
+
+def jacobian_norms(cell: Cell, params: Params, xs: Array, *, initial_carry: Carry | None = None,
+                   method: str = "auto", steps=None, num_iters: int = 100,
+                   key: PRNGKey | None = None) -> Array:
+    r"""Spectral norms :math:`\|\partial h_T/\partial h_t\|_2` per example and step.
+
+    :math:`h_t` is the state after ``xs[:, t]`` (for an LSTM the whole carry, ``h``
+    and ``c`` concatenated, n = 2H; otherwise n = H) and :math:`h_T` the final one, so
+
+    .. math::
+        \frac{\partial h_T}{\partial h_t} = J_T J_{T-1}\cdots J_{t+1},\qquad
+        J_s = \frac{\partial h_s}{\partial h_{s-1}},
+
+    whose norm bounds how much of any loss gradient at T can reach step t
+    (Pascanu et al. 2013, eq. 5-7). The last entry is 1 (the identity).
+
+    Methods:
+      - ``"exact"``: forms each per-example J_s (n, n) with ``jax.jacfwd`` inside a
+        reverse :func:`~seqjax.recurrent.unroll` that accumulates the products and
+        takes one SVD per step; O(T B n^3) time, O(B n^2) memory. Use for small H.
+      - ``"power"``: power iteration on :math:`M_t^\top M_t` with ``jax.linearize``
+        (JVP) and its transpose (VJP) of the final state w.r.t. a perturbation at
+        step t; no Jacobian is ever materialised. Each iteration costs one JVP and one
+        VJP through the sequence per requested step, so pass ``steps`` (e.g. a log
+        grid) for long sequences. Converges at rate
+        :math:`(\sigma_2/\sigma_1)^{2k}`; ``num_iters`` sets k.
+      - ``"auto"``: exact when n <= 128, power otherwise.
+
+    Args:
+      cell: a :class:`seqjax.cells.Cell`.
+      params: ``cell.init(...)``.
+      xs: (B, T, E) floating inputs, T >= 1.
+      initial_carry: the carry with (B, H) leaves; zeros by default.
+      method: ``"auto"``, ``"exact"`` or ``"power"``.
+      steps: optional 1-D sequence of step indices in [0, T) to evaluate; all steps by
+        default.
+      num_iters: power iterations (``"power"`` only), >= 1.
+      key: PRNG key for the power iteration's start vectors; ``jax.random.key(0)`` if None.
+
+    Returns:
+      (B, len(steps)) norms (B, T) by default) in the dtype of ``xs``.
+    """
+    carry0 = _check_cell_inputs(cell, params, xs, initial_carry)
+    if method not in ("auto", "exact", "power"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'power', got {method!r}")
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"num_iters must be an int >= 1, got {num_iters!r}")
+    T = xs.shape[1]
+    if steps is None:
+        steps = np.arange(T)
+    steps = np.asarray(steps)
+    if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(f"steps must be a non-empty 1-D sequence of ints, got {steps!r}")
+    if steps.min() < 0 or steps.max() >= T:
+        raise ValueError(f"steps must lie in [0, T) = [0, {T}), got min {steps.min()} and max {steps.max()}")
+    n = cell.hidden_size * len(jax.tree.leaves(carry0))
+    if method == "auto":
+        method = "exact" if n <= 128 else "power"
+    if method == "exact":
+        return _exact_jacobian_norms(cell, params, xs, carry0)[:, steps]
+    key = jax.random.key(0) if key is None else key
+    return _power_jacobian_norms(cell, params, xs, carry0, jnp.asarray(steps), num_iters, key)
+
+
+# ----------------------------------------------------------------------------- attention models
+
+
+def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: int,
+                         loss_fn: Callable[[Array], Array] | None = None) -> Array:
+    r"""Per-position input-gradient norms :math:`\|\partial L/\partial x_t\|_2` for a loss at one position.
+
+    For a sequence model ``fn`` (e.g. a Transformer encoder with its params closed
+    over), the loss reads only the output at ``position``:
+    :math:`L = \ell(f(x)_{:, p})`. With a causal model, :math:`\partial L/\partial x_t`
+    is exactly zero for t > p; with attention, every t <= p is one step away from p,
+    so the profile over t shows no geometric decay with distance.
+
+    Examples are independent as long as ``fn`` does not mix the batch (LayerNorm and
+    attention do not; batch norm would), so the gradient of ``loss_fn`` summed over
+    the batch gives every example's own gradient.
+
+    Args:
+      fn: ``fn(x) -> y``, x (B, T, D) -> y (B, T, D') (or any trailing shape).
+      x: (B, T, D) floating inputs to differentiate with respect to.
+      position: the output position p read by the loss, in [-T, T).
+      loss_fn: maps ``y[:, p]`` (B, D') to a scalar; ``jnp.sum`` by default.
+
+    Returns:
+      (B, T) norms over the feature axis of :math:`\partial L/\partial x_t`.
+    """
+    _check_xs(x, "x")
+    T = x.shape[1]
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+        raise TypeError(f"position must be an int, got {type(position).__name__}")
+    if not -T <= position < T:
+        raise ValueError(f"position must lie in [-T, T) = [{-T}, {T}), got {position}")
+    loss_fn = jnp.sum if loss_fn is None else loss_fn
+    _check_scalar_loss(lambda y: loss_fn(y[:, position]), jax.eval_shape(fn, x))
+    g = jax.grad(lambda x_: loss_fn(fn(x_)[:, position]))(x)                     # (B, T, D)
+    return jnp.sqrt(jnp.sum(jnp.square(g), axis=-1))
+
+
+# ----------------------------------------------------------------------------- gradient statistics
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _paths(tree) -> list[tuple[tuple[str, ...], Array]]:
+    return [(tuple(_key_name(e) for e in path), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _sum_sq(a: Array) -> Array:
+    a = jnp.asarray(a)
+    dtype = jnp.promote_types(a.dtype, jnp.float32)     # bfloat16 grads are reduced in float32
+    return jnp.sum(jnp.square(a.astype(dtype)))
+
+
+def global_norm(tree: Any) -> Array:
+    r"""Global 2-norm of a pytree, :math:`\sqrt{\sum_\ell \|g_\ell\|^2}` (as ``optax.global_norm``).
+
+    Reduced in at least float32. Pure: usable inside ``jax.jit``.
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros(())
+    return jnp.sqrt(sum(_sum_sq(a) for a in leaves))
+
+
+def grad_norms_by_path(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
+    """2-norms of a gradient pytree's parts, as a flat ``{"<prefix>/<path>": norm}`` dict.
+
+    Paths join the pytree keys with ``/`` (dict keys, list indices, NamedTuple field
+    names): ``{"layers": [{"attn": {"w_q": g}}]}`` gives ``"grads/layers/0/attn/w_q"``.
+    With ``depth=k``, leaves sharing their first k path components are grouped and
+    the group's norm is :math:`\\sqrt{\\sum \\|g\\|^2}`: ``depth=2`` on the example
+    gives one norm per layer, ``"grads/layers/0"``. Pure pytree reduction: call it
+    inside the jitted step and return the dict as metrics (nanodo style).
+
+    Args:
+      grads: any pytree of arrays.
+      prefix: the metric-name prefix.
+      depth: group by this many leading path components (>= 1); None = every leaf.
+
+    Returns:
+      dict from name to a float scalar array, in pytree order.
+    """
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"depth must be None or an int >= 1, got {depth!r}")
+    groups: dict[str, list] = {}
+    for path, leaf in _paths(grads):
+        name = "/".join((prefix,) + (path if depth is None else path[:depth]))
+        groups.setdefault(name, []).append(_sum_sq(leaf))
+    return {name: jnp.sqrt(sum(sq)) for name, sq in groups.items()}
+
+
+def gradient_statistics(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
+    """Training metrics of a gradient pytree: global norm, max |g|, non-finite count, per-path norms.
+
+    Returns a flat dict (pure, jittable):
+
+    - ``"<prefix>/global_norm"``: :func:`global_norm`;
+    - ``"<prefix>/max_abs"``: the largest absolute entry;
+    - ``"<prefix>/nonfinite"``: the number of NaN/inf entries (int32);
+    - ``"<prefix>/<path>"``: :func:`grad_norms_by_path` with ``depth``.
+    """
+    leaves = jax.tree.leaves(grads)
+    stats = {f"{prefix}/global_norm": global_norm(grads)}
+    if leaves:
+        stats[f"{prefix}/max_abs"] = jnp.max(jnp.stack(
+            [jnp.max(jnp.abs(a)).astype(jnp.promote_types(a.dtype, jnp.float32)) for a in leaves]))
+        stats[f"{prefix}/nonfinite"] = sum(jnp.sum(~jnp.isfinite(a)).astype(jnp.int32) for a in leaves)
+    stats.update(grad_norms_by_path(grads, prefix=prefix, depth=depth))
+    return stats
+
