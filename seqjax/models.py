@@ -1,0 +1,302 @@
+"""Small sequence models built from seqjax layers, and their losses.
+
+Two families, each a frozen config dataclass and a factory returning a NamedTuple
+of pure functions:
+
+* :func:`sequence_model` (:class:`SequenceModelConfig`): an optional token
+  embedding, a recurrent layer (:func:`seqjax.recurrent.layer`) and a linear
+  readout, either from the state at each sequence's last valid step (many-to-one:
+  classification, the adding problem) or from every step (many-to-many: copying
+  memory, running parity).
+* :func:`recurrent_lm` (:class:`RecurrentLMConfig`): a character-level language
+  model (embedding, recurrent layer, softmax over V) whose carry can be threaded
+  across calls, with :func:`generate` for sampling at a temperature.
+
+Cells: ``"rnn_tanh"`` (Elman), ``"rnn_relu"``, ``"irnn"`` (ReLU RNN with identity
+recurrent init, Le, Jaitly & Hinton 2015), ``"lstm"`` (forget-gate bias
+``forget_bias``, Jozefowicz et al. 2015) and ``"gru"``.
+
+Params layout::
+
+    {"embed": (V, E)            # only with vocab_size
+     "rnn": recurrent.layer params ({"layers": [{"forward": cell params}, ...]}),
+     "head": {"w": (H, C), "b": (C,)}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import cells, recurrent
+from seqjax.types import Array, Carry, DType, Params, PRNGKey
+
+__all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model", "RecurrentLMConfig",
+           "RecurrentLM", "recurrent_lm", "generate", "softmax_cross_entropy", "accuracy",
+           "make_cell"]
+
+#: Cell names accepted by the model configs.
+CELLS = ("rnn_tanh", "rnn_relu", "irnn", "lstm", "gru")
+
+
+def make_cell(name: str, hidden_size: int, *, forget_bias: float = 1.0,
+              irnn_input_std: float = 1e-3) -> cells.Cell:
+    """A :class:`~seqjax.cells.Cell` by model-level name (one of :data:`CELLS`).
+
+    ``"irnn"`` is ``cells.simple_rnn(H, "relu")`` with its init replaced by Le et al.
+    2015's: ``w_hh = I``, biases 0, ``w_ih ~ N(0, irnn_input_std^2)``. ``"lstm"`` gets
+    ``forget_bias`` added to the forget gate at init.
+    """
+    if name not in CELLS:
+        raise ValueError(f"unknown architecture (cell) {name!r}; expected one of {list(CELLS)}")
+    if name == "lstm":
+        return cells.lstm(hidden_size, forget_bias=forget_bias)
+    if name == "gru":
+        return cells.gru(hidden_size)
+    if name in ("rnn_tanh", "rnn_relu"):
+        return cells.simple_rnn(hidden_size, name.split("_")[1])
+    base = cells.simple_rnn(hidden_size, "relu")
+
+    def init(key: PRNGKey, input_size: int, dtype: DType = jnp.float32) -> Params:
+        params = base.init(key, input_size, dtype)
+        return {"w_ih": irnn_input_std * jax.random.normal(key, params["w_ih"].shape, dtype),
+                "w_hh": jnp.eye(hidden_size, dtype=dtype),
+                "b_ih": jnp.zeros_like(params["b_ih"]), "b_hh": jnp.zeros_like(params["b_hh"])}
+    return base._replace(init=init, name="irnn")
+
+
+def _linear_init(key: PRNGKey, fan_in: int, fan_out: int, dtype) -> Params:
+    """PyTorch ``nn.Linear`` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    kw, kb = jax.random.split(key)
+    return {"w": jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound),
+            "b": jax.random.uniform(kb, (fan_out,), dtype, -bound, bound)}
+
+
+def _check_positive(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+
+
+# ----------------------------------------------------------------------------- sequence model
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceModelConfig:
+    """Hyperparameters of :func:`sequence_model`.
+
+    Attributes:
+      cell: one of :data:`CELLS`.
+      hidden_size: H.
+      output_size: C, classes (or regression outputs).
+      input_size: E for float inputs (B, T, E); ignored with ``vocab_size``.
+      vocab_size: V for integer token inputs (B, T), embedded to ``embed_size``.
+      embed_size: embedding width.
+      num_layers: L stacked recurrent layers.
+      readout: ``"last"`` (many-to-one, (B, C)) or ``"all"`` (many-to-many, (B, T, C)).
+      dropout: between recurrent layers (needs a key in training).
+      forget_bias: LSTM forget-gate bias at init.
+      irnn_input_std: IRNN input-weight init std.
+    """
+
+    cell: str = "lstm"
+    hidden_size: int = 128
+    output_size: int = 1
+    input_size: int | None = None
+    vocab_size: int | None = None
+    embed_size: int = 32
+    num_layers: int = 1
+    readout: str = "last"
+    dropout: float = 0.0
+    forget_bias: float = 1.0
+    irnn_input_std: float = 1e-3
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown architecture (cell) {self.cell!r}; expected one of {list(CELLS)}")
+        _check_positive(self, "hidden_size", "output_size", "input_size", "vocab_size", "embed_size",
+                        "num_layers")
+        if self.input_size is None and self.vocab_size is None:
+            raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
+        if self.readout not in ("last", "all"):
+            raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class SequenceModel(NamedTuple):
+    """``init(key) -> params``; ``apply(params, x, *, lengths=None, key=None) -> outputs``
+    with x (B, T, E) float or (B, T) int tokens and outputs (B, C) ("last") or
+    (B, T, C) ("all"); ``key`` switches dropout on."""
+
+    init: Callable[[PRNGKey], Params]
+    apply: Callable[..., Array]
+    config: SequenceModelConfig
+
+
+def _embed_inputs(config, params: Params, x: Array, name: str = "x") -> Array:
+    if config.vocab_size is not None:
+        if not jnp.issubdtype(x.dtype, jnp.integer) or x.ndim != 2:
+            raise ValueError(f"{name} must be int tokens of shape (B, T) (vocab_size="
+                             f"{config.vocab_size}), got dtype {x.dtype} shape {x.shape}")
+        return params["embed"][x]                                         # (B, T, E)
+    if x.ndim != 3 or x.shape[-1] != config.input_size:
+        raise ValueError(f"{name} must have shape (B, T, E={config.input_size}), got {x.shape}")
+    return x
+
+
+def sequence_model(config: SequenceModelConfig) -> SequenceModel:
+    """Embedding (optional) -> recurrent layer -> linear readout. See the module docstring."""
+    if not isinstance(config, SequenceModelConfig):
+        raise TypeError(f"config must be a SequenceModelConfig, got {type(config).__name__}")
+    cell = make_cell(config.cell, config.hidden_size, forget_bias=config.forget_bias,
+                     irnn_input_std=config.irnn_input_std)
+    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+    E = config.embed_size if config.vocab_size is not None else config.input_size
+
+    def init(key: PRNGKey) -> Params:
+        k_e, k_r, k_h = jax.random.split(key, 3)
+        params = {"rnn": rnn.init(k_r, E), "head": _linear_init(k_h, config.hidden_size,
+                                                                 config.output_size, jnp.float32)}
+        if config.vocab_size is not None:
+            params["embed"] = jax.random.normal(k_e, (config.vocab_size, E), jnp.float32)
+        return params
+
+    def apply(params: Params, x: Array, *, lengths: Array | None = None,
+              key: PRNGKey | None = None) -> Array:
+        h = _embed_inputs(config, params, x)
+        ys, final = rnn.apply(params["rnn"], h, lengths=lengths, dropout_key=key,
+                              deterministic=key is None)
+        if config.readout == "last":
+            feats = cell.output(jax.tree.map(lambda a: a[-1], final))     # (B, H) last layer
+        else:
+            feats = ys                                                    # (B, T, H)
+        return feats @ params["head"]["w"] + params["head"]["b"]
+
+    return SequenceModel(init, apply, config)
+
+
+# ----------------------------------------------------------------------------- char LM
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentLMConfig:
+    """Hyperparameters of :func:`recurrent_lm`: cell (one of :data:`CELLS`), vocab_size V,
+    hidden_size H, embed_size, num_layers L, dropout, forget_bias."""
+
+    cell: str = "lstm"
+    vocab_size: int = 98
+    hidden_size: int = 256
+    embed_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.0
+    forget_bias: float = 1.0
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown architecture (cell) {self.cell!r}; expected one of {list(CELLS)}")
+        _check_positive(self, "vocab_size", "hidden_size", "embed_size", "num_layers")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class RecurrentLM(NamedTuple):
+    """A recurrent language model.
+
+    Attributes:
+      init: ``init(key) -> params``.
+      apply: ``apply(params, tokens, carry=None, *, key=None) -> (logits, carry)`` with
+        tokens (B, T) int, logits (B, T, V) and the carry in the layer's
+        (L, B, H) layout (thread it to continue a stream).
+      initial_carry: ``initial_carry(batch_size) -> carry`` of zeros.
+      config: the :class:`RecurrentLMConfig`.
+    """
+
+    init: Callable[[PRNGKey], Params]
+    apply: Callable[..., tuple[Array, Carry]]
+    initial_carry: Callable[[int], Carry]
+    config: RecurrentLMConfig
+
+
+def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
+    """Embedding (V, E) -> recurrent layer -> linear head (H, V)."""
+    if not isinstance(config, RecurrentLMConfig):
+        raise TypeError(f"config must be a RecurrentLMConfig, got {type(config).__name__}")
+    cell = make_cell(config.cell, config.hidden_size, forget_bias=config.forget_bias)
+    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+
+    def init(key: PRNGKey) -> Params:
+        k_e, k_r, k_h = jax.random.split(key, 3)
+        return {"embed": jax.random.normal(k_e, (config.vocab_size, config.embed_size), jnp.float32),
+                "rnn": rnn.init(k_r, config.embed_size),
+                "head": _linear_init(k_h, config.hidden_size, config.vocab_size, jnp.float32)}
+
+    def apply(params: Params, tokens: Array, carry: Carry | None = None, *,
+              key: PRNGKey | None = None) -> tuple[Array, Carry]:
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be int of shape (B, T), got dtype {tokens.dtype} shape {tokens.shape}")
+        h = params["embed"][tokens]                                       # (B, T, E)
+        ys, carry = rnn.apply(params["rnn"], h, initial_carry=carry, dropout_key=key,
+                              deterministic=key is None)
+        return ys @ params["head"]["w"] + params["head"]["b"], carry      # (B, T, V)
+
+    return RecurrentLM(init, apply, rnn.initial_carry, config)
+
+
+def generate(lm: RecurrentLM, params: Params, key: PRNGKey, prompt: Array, num_tokens: int, *,
+             temperature: float = 1.0) -> Array:
+    """Sample a continuation of ``prompt`` (T0,) ids: (num_tokens,) ids.
+
+    The prompt is read once to build the carry; then each step samples from
+    ``softmax(logits / temperature)`` (``temperature=0``: greedy argmax) and feeds the
+    token back. One ``lax.scan``; jit it at the call site with ``num_tokens`` static.
+    """
+    temperature = float(temperature)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 1 or prompt.shape[0] < 1:
+        raise ValueError(f"prompt must have shape (T0,) with T0 >= 1, got {prompt.shape}")
+    logits, carry = lm.apply(params, prompt[None, :])
+
+    def pick(k, last_logits):
+        if temperature == 0.0:
+            return jnp.argmax(last_logits, axis=-1)
+        return jax.random.categorical(k, last_logits / temperature, axis=-1)
+
+    def body(c, k):
+        carry, logit = c
+        tok = pick(k, logit)                                              # (1,)
+        logits, carry = lm.apply(params, tok[:, None], carry)
+        return (carry, logits[:, -1]), tok[0]
+
+    _, toks = jax.lax.scan(body, (carry, logits[:, -1]), jax.random.split(key, num_tokens))
+    return toks
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Mean cross-entropy (nats) of logits (..., C) against int labels (...), over ``mask``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if mask is None:
+        return jnp.mean(nll)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Fraction of argmax(logits) (..., C) equal to labels (...), over ``mask``."""
+    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return jnp.mean(hit)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,0 +1,706 @@
+"""Training: a pure ``train_step``, truncated BPTT, data parallelism and ``fit``.
+
+The pieces, from the inside out::
+
+    opt = train.make_optimizer("adam", 1e-3, schedule="cosine", total_steps=1000)
+    tr = train.trainer(loss_fn, opt, clip_norm=1.0)     # pure functions, no I/O
+    state = tr.init(params, jax.random.key(0))
+    state, metrics = tr.train_step(state, batch)       # jit it at the call site
+    result = train.fit(tr, state, data_fn, num_steps=1000, out_dir="runs/x")
+
+``loss_fn(params, batch, key) -> (loss, metrics)`` is the only thing a model
+supplies: a scalar loss and a flat dict of scalar metrics (accuracy, ...). ``key``
+is a PRNG key during training (for dropout) and ``None`` in evaluation.
+
+:func:`fit` is the one stateful shell: progress bar, periodic evaluation, metrics
+appended to ``metrics.jsonl`` (and ``train_metrics.csv`` / ``eval_metrics.csv``),
+orbax checkpoints, exact resume and a NaN/Inf guard. Its data stream is
+``data_fn(step)``, a pure function of the step (e.g.
+``lambda s: tasks.adding(jax.random.fold_in(key, s), 64)``), and the dropout key of
+step ``s`` is ``fold_in(state.rng, s)``; so a resumed run replays exactly the
+batches and keys of an uninterrupted one, and its final parameters are
+bit-identical on CPU.
+
+Data parallelism: with more than one device (or an explicit ``mesh``), ``fit``
+shards every batch over a 1-D :class:`jax.sharding.Mesh` with axis ``"data"`` and
+replicates the state; ``jax.jit`` inserts the gradient all-reduce. Multi-host runs
+call ``jax.distributed.initialize()`` first; see the README.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from seqjax import io
+from seqjax.types import Array, Carry, Params, PRNGKey
+
+__all__ = [
+    "OPTIMIZERS", "SCHEDULES", "make_schedule", "make_optimizer",
+    "TrainState", "Trainer", "trainer", "truncated_bptt", "global_norm",
+    "data_mesh", "shard_batch", "replicate",
+    "NonFiniteError", "CheckpointError", "FitResult", "fit",
+]
+
+LossFn = Callable[[Params, Any, "PRNGKey | None"], tuple[Array, Mapping[str, Array]]]
+
+# ----------------------------------------------------------------------------- optimisers
+
+#: Optimiser names accepted by :func:`make_optimizer` (each is the optax function of that name).
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax", "nadam", "radam",
+              "lamb", "lion", "adafactor", "adabelief", "novograd", "yogi")
+#: Schedule names accepted by :func:`make_schedule`.
+SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine", "exponential")
+
+
+def _check_lr(learning_rate) -> float:
+    try:
+        lr = float(learning_rate)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"learning_rate must be a number > 0, got {learning_rate!r}") from err
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning_rate must be > 0 and finite, got {learning_rate}")
+    return lr
+
+
+def make_schedule(name: str, learning_rate: float, *, total_steps: int | None = None,
+                  warmup_steps: int = 0, end_fraction: float = 0.0,
+                  decay_rate: float = 0.5) -> optax.Schedule:
+    """A learning-rate schedule by name, from optax.
+
+    Args:
+      name: ``"constant"``; ``"linear"`` (peak -> ``end_fraction * peak`` over
+        ``total_steps``); ``"cosine"`` (cosine decay over ``total_steps``);
+        ``"warmup_cosine"`` (linear warm-up over ``warmup_steps`` then cosine decay);
+        ``"exponential"`` (``decay_rate`` per ``total_steps``).
+      learning_rate: the peak rate, > 0.
+      total_steps: needed by every schedule but ``"constant"``.
+      warmup_steps: for ``"warmup_cosine"``.
+      end_fraction: final rate as a fraction of the peak.
+      decay_rate: for ``"exponential"``.
+    """
+    lr = _check_lr(learning_rate)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {list(SCHEDULES)}")
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if total_steps is None or int(total_steps) < 1:
+        raise ValueError(f"schedule {name!r} needs total_steps >= 1, got {total_steps}")
+    total_steps = int(total_steps)
+    if name == "linear":
+        return optax.linear_schedule(lr, lr * end_fraction, total_steps)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, total_steps, alpha=end_fraction)
+    if name == "warmup_cosine":
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps,
+                                                  end_value=lr * end_fraction)
+    return optax.exponential_decay(lr, total_steps, decay_rate)
+
+
+def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, *, schedule: str = "constant",
+                   total_steps: int | None = None, warmup_steps: int = 0,
+                   **optimizer_kwargs) -> optax.GradientTransformation:
+    """An optax optimiser by name with a schedule by name.
+
+    Gradient clipping is not part of it: :func:`trainer` clips (and reports the
+    norm before clipping) so that the metric and the clip see the same gradient.
+
+    Args:
+      name: one of :data:`OPTIMIZERS`.
+      learning_rate: peak learning rate, > 0.
+      schedule: one of :data:`SCHEDULES` (see :func:`make_schedule`).
+      total_steps, warmup_steps: for the schedule.
+      **optimizer_kwargs: passed to the optax function (e.g. ``b1=0.9``,
+        ``weight_decay=1e-4``, ``momentum=0.9``).
+
+    Raises:
+      ValueError: unknown optimiser or schedule name, or ``learning_rate <= 0``.
+    """
+    lr = _check_lr(learning_rate)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+    sched = make_schedule(schedule, lr, total_steps=total_steps, warmup_steps=warmup_steps)
+    return getattr(optax, name)(learning_rate=sched, **optimizer_kwargs)
+
+
+# ----------------------------------------------------------------------------- train step
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step.
+
+    Attributes:
+      step: () int32, ``train_step`` calls (batches) done so far.
+      params: the model's params pytree.
+      opt_state: the optax state.
+      rng: (2,) uint32 raw key data (``jax.random.key_data``); the dropout key of step
+        ``s`` is ``fold_in(wrap_key_data(rng), s)``, a pure function of the step.
+    """
+
+    step: Array
+    params: Params
+    opt_state: Any
+    rng: Array
+
+
+class Trainer(NamedTuple):
+    """Pure training functions (jit them at the call site; :func:`fit` does).
+
+    Attributes:
+      init: ``init(params, key) -> TrainState``.
+      train_step: ``train_step(state, batch) -> (state, metrics)``; metrics hold
+        ``loss``, ``grad_norm`` (global norm before clipping), ``grad_norm/<group>``
+        (per top-level param key), ``update_norm`` and the loss function's own metrics.
+      eval_step: ``eval_step(params, batch) -> metrics`` (``loss`` plus the loss
+        function's metrics, with ``key=None``).
+      optimizer: the optax transformation.
+    """
+
+    init: Callable[[Params, PRNGKey], TrainState]
+    train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
+    eval_step: Callable[[Params, Any], dict]
+    optimizer: optax.GradientTransformation
+
+
+def global_norm(tree) -> Array:
+    """sqrt of the sum of squares of every leaf, in float32 (scalar)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def _group_norms(grads) -> dict[str, Array]:
+    """``grad_norm/<key>`` for each top-level key of a dict of params (nanodo style)."""
+    if isinstance(grads, Mapping):
+        return {f"grad_norm/{k}": global_norm(v) for k, v in grads.items()}
+    return {}
+
+
+def _clip(grads, norm: Array, clip_norm: float | None):
+    """Global-norm clipping (Pascanu et al. 2013): g * min(1, c / ||g||), direction kept."""
+    if clip_norm is None:
+        return grads
+    scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
+
+
+def _check_clip(clip_norm) -> float | None:
+    if clip_norm is None:
+        return None
+    clip_norm = float(clip_norm)
+    if not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0 (or None for no clipping), got {clip_norm}")
+    return clip_norm
+
+
+def _init_state(optimizer):
+    def init(params: Params, key: PRNGKey) -> TrainState:
+        if not isinstance(key, jax.Array):
+            raise TypeError(f"key must be a jax PRNG key (jax.random.key(0)), got {type(key).__name__}")
+        raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                          jnp.asarray(raw, jnp.uint32))
+    return init
+
+
+def _step_key(state: TrainState) -> PRNGKey:
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def _apply_grads(optimizer, clip_norm, state: TrainState, grads, loss, metrics, steps: int = 1):
+    norm = global_norm(grads)
+    clipped = _clip(grads, norm, clip_norm)
+    updates, opt_state = optimizer.update(clipped, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {"loss": loss, "grad_norm": norm, **_group_norms(grads),
+           "update_norm": global_norm(updates), **metrics}
+    return TrainState(state.step + steps, params, opt_state, state.rng), out
+
+
+def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+            clip_norm: float | None = None) -> Trainer:
+    """Pure ``train_step`` / ``eval_step`` for a loss function and an optax optimiser.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` with a scalar loss
+        and a dict of scalar metrics; ``key`` is None in evaluation.
+      optimizer: an optax ``GradientTransformation`` (see :func:`make_optimizer`).
+      clip_norm: clip the global gradient norm to this value (None: no clipping).
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    clip_norm = _check_clip(clip_norm)
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, _step_key(state))
+        return _apply_grads(optimizer, clip_norm, state, grads, loss, metrics)
+
+    def eval_step(params: Params, batch) -> dict:
+        loss, metrics = loss_fn(params, batch, None)
+        return {"loss": loss, **metrics}
+
+    return Trainer(_init_state(optimizer), train_step, eval_step, optimizer)
+
+
+# ----------------------------------------------------------------------------- truncated BPTT
+
+ChunkLossFn = Callable[[Params, Carry, Any, "PRNGKey | None"], tuple[Array, tuple[Carry, dict]]]
+
+
+def _chunks(batch, chunk_length: int):
+    """Leaves (B, T, ...) -> (T // K, B, K, ...): the scan axis first."""
+    leaves = jax.tree.leaves(batch)
+    T = leaves[0].shape[1] if leaves and leaves[0].ndim >= 2 else None
+    for leaf in leaves:
+        if leaf.ndim < 2 or leaf.shape[1] != T:
+            raise ValueError("every batch leaf must have shape (B, T, ...) with the same T; "
+                             f"got shapes {[x.shape for x in leaves]}")
+    if T % chunk_length:
+        raise ValueError(f"the sequence length T = {T} must be a multiple of chunk_length = {chunk_length}")
+    n = T // chunk_length
+
+    def split(x):
+        x = x.reshape(x.shape[0], n, chunk_length, *x.shape[2:])   # (B, n, K, ...)
+        return jnp.moveaxis(x, 1, 0)                                 # (n, B, K, ...)
+    return jax.tree.map(split, batch), n
+
+
+def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransformation, *,
+                   chunk_length: int, initial_carry: Callable[[Any], Carry],
+                   clip_norm: float | None = None, update_every_chunk: bool = False) -> Trainer:
+    r"""Truncated backpropagation through time (Williams & Peng 1990; k1 = k2 = K).
+
+    A batch of long sequences (leaves (B, T, ...), T a multiple of K) is cut into
+    T / K chunks. The carry flows forward from chunk to chunk, but gradients stop at
+    every chunk boundary (``stop_gradient`` on the incoming carry), so memory and
+    the gradient's reach are bounded by K steps. With ``update_every_chunk=False``
+    the per-chunk gradients are averaged into one update per batch (and the loss is
+    the mean of chunk losses); with ``True`` each chunk is an optimiser step (the
+    classic char-RNN scheme; ``state.step`` still counts batches, the optimiser
+    state counts updates). When
+    K = T there is one chunk and the result equals full BPTT exactly.
+
+    Args:
+      chunk_loss_fn: ``f(params, carry, chunk, key) -> (loss, (carry, metrics))``
+        on one chunk (leaves (B, K, ...)).
+      optimizer: optax transformation.
+      chunk_length: K >= 1.
+      initial_carry: ``initial_carry(batch) -> carry`` for the first chunk.
+      clip_norm: global-norm clipping threshold (None: none).
+      update_every_chunk: see above.
+
+    Returns:
+      A :class:`Trainer`; its ``train_step(state, batch)`` starts each batch from
+      ``initial_carry(batch)`` and its ``eval_step`` averages chunk losses.
+    """
+    if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
+        raise ValueError(f"chunk_length must be an int >= 1, got {chunk_length!r}")
+    clip_norm = _check_clip(clip_norm)
+    grad_fn = jax.value_and_grad(chunk_loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        chunks, n = _chunks(batch, chunk_length)
+        carry0 = initial_carry(batch)
+        key = _step_key(state)
+
+        if update_every_chunk:
+            def body(c, chunk_i):
+                st, carry = c
+                chunk, i = chunk_i
+                carry = jax.lax.stop_gradient(carry)          # the truncation
+                (loss, (carry, m)), g = grad_fn(st.params, carry, chunk, jax.random.fold_in(key, i))
+                st, out = _apply_grads(optimizer, clip_norm, st, g, loss, m, steps=0)
+                return (st, carry), out
+            (state, _), outs = jax.lax.scan(body, (state, carry0), (chunks, jnp.arange(n)))
+            return state._replace(step=state.step + 1), jax.tree.map(jnp.mean, outs)
+
+        def body(c, chunk_i):
+            carry, gsum = c
+            chunk, i = chunk_i
+            carry = jax.lax.stop_gradient(carry)              # the truncation
+            (loss, (carry, m)), g = grad_fn(state.params, carry, chunk, jax.random.fold_in(key, i))
+            return (carry, jax.tree.map(jnp.add, gsum, g)), (loss, m)
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (_, gsum), (losses, ms) = jax.lax.scan(body, (carry0, zeros), (chunks, jnp.arange(n)))
+        grads = jax.tree.map(lambda g: g / n, gsum)
+        return _apply_grads(optimizer, clip_norm, state, grads, jnp.mean(losses),
+                            jax.tree.map(jnp.mean, ms))
+
+    def eval_step(params: Params, batch) -> dict:
+        chunks, _ = _chunks(batch, chunk_length)
+
+        def body(carry, chunk):
+            loss, (carry, m) = chunk_loss_fn(params, carry, chunk, None)
+            return carry, (loss, m)
+        _, (losses, ms) = jax.lax.scan(body, initial_carry(batch), chunks)
+        return {"loss": jnp.mean(losses), **jax.tree.map(jnp.mean, ms)}
+
+    return Trainer(_init_state(optimizer), train_step, eval_step, optimizer)
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (all devices by default;
+    across hosts after ``jax.distributed.initialize()``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must not be empty")
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def _batch_size(batch) -> int:
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("batch must contain at least one array")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every batch leaf needs the same leading batch axis B; got shapes "
+                         f"{[np.shape(x) for x in leaves]}")
+    return sizes.pop()
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Split every leaf's batch axis (axis 0) over the mesh's ``"data"`` axis.
+
+    Raises:
+      ValueError: when B is not divisible by the number of devices in the mesh.
+    """
+    B = _batch_size(batch)
+    n = mesh.shape["data"]
+    if B < 1:
+        raise ValueError(f"batch size must be >= 1, got {B}")
+    if B % n:
+        raise ValueError(f"batch size {B} is not divisible by the device count {n}: data-parallel "
+                         f"training splits each batch evenly over the devices; use a multiple of {n}")
+    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place a full copy of every leaf on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised by :func:`fit` when the loss or the gradient norm is NaN or Inf."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: corrupt, or written for another model/config."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns: the final state and the metric rows (dicts with ``step``
+    and ``split`` in {"train", "eval"})."""
+
+    state: TrainState
+    history: list[dict]
+
+
+def _signature(state: TrainState) -> list[list]:
+    """[path, shape, dtype] for every leaf: what a checkpoint must match to be resumed."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype")
+                                                             else x.dtype)] for p, x in flat]
+
+
+def _to_host(tree):
+    return jax.tree.map(lambda x: np.asarray(x), jax.device_get(tree))
+
+
+def _finite_row(row: Mapping[str, Any]) -> str | None:
+    for k in ("loss", "grad_norm"):
+        if k in row and not math.isfinite(row[k]):
+            return k
+    return None
+
+
+class _Checkpoints:
+    """orbax CheckpointManager with a JSON ``meta`` item (signature, config) per step."""
+
+    def __init__(self, directory: Path, max_to_keep: int):
+        import orbax.checkpoint as ocp
+        self.ocp = ocp
+        self.directory = directory
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, meta: dict) -> None:
+        ocp = self.ocp
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_host(state)),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, template: TrainState, config: dict | None) -> TrainState:
+        ocp = self.ocp
+        where = f"checkpoint at step {step} in {str(self.directory)!r}"
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as err:  # orbax raises many types for unreadable files
+            raise CheckpointError(f"{where} is corrupt or unreadable (its metadata: {err}); "
+                                  "nothing was changed. Delete that step's folder to resume from "
+                                  "an earlier one, or start a new run.") from err
+        if not isinstance(meta, dict) or "signature" not in meta:
+            raise CheckpointError(f"{where} is corrupt: its metadata has no parameter signature; "
+                                  "nothing was changed")
+        expected = _signature(template)
+        if meta["signature"] != expected:
+            saved = {p: (s, d) for p, s, d in meta["signature"]}
+            now = {p: (s, d) for p, s, d in expected}
+            diffs = [f"{p}: checkpoint {saved.get(p)} vs now {now.get(p)}"
+                     for p in sorted(set(saved) | set(now)) if saved.get(p) != now.get(p)]
+            raise CheckpointError(f"{where} was written for a different model or optimiser "
+                                  f"({len(diffs)} mismatched leaves, e.g. {diffs[:3]}); nothing was changed")
+        if config is not None and meta.get("config") is not None and meta["config"] != _jsonify(config):
+            old, new = meta["config"], _jsonify(config)
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CheckpointError(f"{where} was written with a different config (differs in {keys}: "
+                                  f"{ {k: (old.get(k), new.get(k)) for k in keys[:5]} }); nothing was changed")
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), template)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+            leaves = jax.tree.leaves(restored)
+            if len(leaves) != len(jax.tree.leaves(template)):
+                raise ValueError(f"{len(leaves)} arrays, expected {len(jax.tree.leaves(template))}")
+        except Exception as err:
+            raise CheckpointError(f"{where} is corrupt or unreadable ({type(err).__name__}: {err}); "
+                                  "nothing was changed") from err
+        state = jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(x) for x in leaves])
+        if int(state.step) != step:
+            raise CheckpointError(f"{where} holds step {int(state.step)}, not {step}: corrupt")
+        return state
+
+
+def _jsonify(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=io._jsonable))
+
+
+def _read_history(path: Path, max_step: int) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:      # a torn last line from a kill: drop it
+                continue
+            if row.get("step", 0) <= max_step:
+                rows.append(row)
+    return rows
+
+
+def _write_csvs(out_dir: Path, history: list[dict]) -> None:
+    for split in ("train", "eval"):
+        rows = [r for r in history if r.get("split") == split]
+        if rows:
+            io.save_csv(out_dir / f"{split}_metrics.csv", rows)
+
+
+def _mean_metrics(rows: list[dict]) -> dict:
+    keys = rows[0].keys()
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, num_steps: int,
+        out_dir: str | os.PathLike | None = None, eval_batches: Sequence[Any] | None = None,
+        eval_every: int = 0, checkpoint_every: int = 0, log_every: int = 10,
+        resume: bool = False, config: Mapping[str, Any] | None = None, mesh: Mesh | None = None,
+        progress: bool = True, max_to_keep: int = 2, description: str = "train") -> FitResult:
+    """Train ``num_steps`` optimiser steps: the only stateful shell in seqjax.
+
+    Each step runs ``jax.jit(trainer.train_step)`` on ``data_fn(step)``. Every
+    ``log_every`` steps the metrics are fetched from the device, checked by the
+    NaN/Inf guard, appended to ``out_dir/metrics.jsonl`` and shown on the tqdm bar.
+    Every ``eval_every`` steps (and at the end) ``trainer.eval_step`` runs on each of
+    ``eval_batches`` and the mean is logged with ``split="eval"``. Every
+    ``checkpoint_every`` steps (and at the end) the state is saved with
+    orbax-checkpoint under ``out_dir/checkpoints/<step>`` (written to a temporary
+    folder and renamed, so a kill never leaves a half checkpoint), and
+    ``train_metrics.csv`` / ``eval_metrics.csv`` are rewritten atomically.
+
+    Resume (``resume=True``): the latest checkpoint is checked against ``state``
+    (same leaves, shapes, dtypes) and ``config``, restored, and training continues
+    from its step; rows after that step are dropped from ``metrics.jsonl``. Because
+    ``data_fn`` is a pure function of the step and the dropout keys are
+    ``fold_in(rng, step)``, the final parameters are bit-identical to an
+    uninterrupted run on CPU. A corrupt or mismatched checkpoint raises
+    :class:`CheckpointError` before anything on disk is touched.
+
+    NaN/Inf guard: when the loss or the gradient norm of any step is not finite,
+    training stops with :class:`NonFiniteError` naming the step; no checkpoint is
+    written after it, so the last good checkpoint stays the latest.
+
+    Args:
+      trainer: from :func:`trainer` or :func:`truncated_bptt`.
+      state: the initial state (``trainer.init(params, key)``); on resume, the
+        template the checkpoint must match.
+      data_fn: ``data_fn(step) -> batch``, pure in ``step``.
+      num_steps: total optimiser steps of the run (not "more steps").
+      out_dir: where metrics and checkpoints go (None: nothing is written, no resume).
+      eval_batches: fixed evaluation batches (None: no evaluation).
+      eval_every: evaluation period in steps (0: only at the end).
+      checkpoint_every: checkpoint period in steps (0: only at the end).
+      log_every: metric fetch/log period in steps.
+      resume: continue from the latest checkpoint in ``out_dir`` if there is one.
+      config: a JSON-able dict stored with each checkpoint and compared on resume.
+      mesh: data-parallel mesh (axis ``"data"``); by default :func:`data_mesh` when
+        more than one device is present, else no sharding.
+      progress: show the tqdm bar.
+      max_to_keep: checkpoints kept on disk.
+      description: the progress bar's label.
+
+    Returns:
+      :class:`FitResult` (final state, all metric rows).
+
+    Raises:
+      ValueError: bad arguments; ``out_dir`` holds checkpoints but ``resume=False``;
+        the batch size is not divisible by the device count.
+      CheckpointError: a corrupt or mismatched checkpoint on resume.
+      NonFiniteError: NaN/Inf loss or gradient norm.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(trainer, Trainer):
+        raise TypeError(f"trainer must be a seqjax.train.Trainer, got {type(trainer).__name__}")
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState (trainer.init(params, key)), got {type(state).__name__}")
+    for name, value, lo in (("num_steps", num_steps, 1), ("eval_every", eval_every, 0),
+                            ("checkpoint_every", checkpoint_every, 0), ("log_every", log_every, 1),
+                            ("max_to_keep", max_to_keep, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (where the checkpoints are)")
+    if mesh is None and jax.device_count() > 1:
+        mesh = data_mesh()
+    if mesh is not None and "data" not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
+
+    history: list[dict] = []
+    ckpt = None
+    metrics_path = None
+    if out_dir is not None:
+        out_dir = io.ensure_writable_dir(out_dir)
+        metrics_path = out_dir / "metrics.jsonl"
+        ckpt_dir = out_dir / "checkpoints"
+        has_ckpt = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+        if has_ckpt and not resume:
+            raise ValueError(f"out_dir {str(out_dir)!r} already holds checkpoints; pass resume=True "
+                             "(--resume) to continue that run, or choose another directory")
+        ckpt = _Checkpoints(ckpt_dir, max_to_keep)
+        latest = ckpt.latest() if resume else None
+        if latest is not None:
+            state = ckpt.restore(latest, state, None if config is None else dict(config))
+            history = _read_history(metrics_path, latest)
+            io.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        elif metrics_path.exists():
+            io.atomic_write_text(metrics_path, "")
+    meta_base = {"config": None if config is None else _jsonify(dict(config)),
+                 "signature": _signature(state)}
+
+    start = int(state.step)
+    if mesh is not None:
+        state = replicate(state, mesh)
+    train_step = jax.jit(trainer.train_step)
+    eval_step = jax.jit(trainer.eval_step)
+    pending: list[tuple[int, dict]] = []
+    last_ckpt = start if (resume and start > 0) else None
+    pbar = tqdm(total=num_steps, initial=start, disable=not progress, desc=description,
+                dynamic_ncols=True)
+
+    def place(batch):
+        return shard_batch(batch, mesh) if mesh is not None else batch
+
+    def append(rows: list[dict]) -> None:
+        history.extend(rows)
+        if metrics_path is not None and rows:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    def flush() -> None:
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        rows = []
+        for (s, _), m in zip(pending, fetched):
+            row = {"step": s, "split": "train", **{k: float(v) for k, v in m.items()}}
+            rows.append(row)
+            bad = _finite_row(row)
+            if bad is not None:
+                append(rows)
+                pending.clear()
+                pbar.close()
+                kept = (f"the last good checkpoint (step {last_ckpt}) in {str(out_dir / 'checkpoints')!r} "
+                        "is kept" if last_ckpt is not None else "no checkpoint had been written yet")
+                raise NonFiniteError(f"{bad} became {row[bad]} at step {s}; training stopped and {kept}. "
+                                     "Lower the learning rate, clip gradients (clip_norm) or check the data.")
+        pending.clear()
+        append(rows)
+        pbar.set_postfix(loss=f"{rows[-1]['loss']:.4g}", refresh=False)
+
+    def evaluate(s: int) -> None:
+        if not eval_batches:
+            return
+        outs = jax.device_get([eval_step(state.params, place(b)) for b in eval_batches])
+        row = {"step": s, "split": "eval", **_mean_metrics([{k: float(v) for k, v in o.items()}
+                                                           for o in outs])}
+        append([row])
+        pbar.set_postfix(loss=f"{history[-2]['loss'] if len(history) > 1 else float('nan'):.4g}",
+                         eval_loss=f"{row['loss']:.4g}", refresh=False)
+
+    def checkpoint(s: int) -> None:
+        nonlocal last_ckpt
+        if ckpt is None:
+            return
+        if metrics_path is not None and metrics_path.exists():
+            with open(metrics_path, "rb+") as f:
+                os.fsync(f.fileno())
+        ckpt.save(s, state, {**meta_base, "step": s})
+        _write_csvs(out_dir, history)
+        last_ckpt = s
+
+    try:
+        for step in range(start, num_steps):
+            batch = place(data_fn(step))
+            state, metrics = train_step(state, batch)
+            s = step + 1
+            pending.append((s, metrics))
+            pbar.update(1)
+            at_end = s == num_steps
+            due_eval = at_end or (eval_every and s % eval_every == 0)
+            due_ckpt = at_end or (checkpoint_every and s % checkpoint_every == 0)
+            if s % log_every == 0 or due_eval or due_ckpt:
+                flush()
+            if due_eval:
+                evaluate(s)
+            if due_ckpt:
+                checkpoint(s)
+        if start >= num_steps:
+            evaluate(start)
+    finally:
+        pbar.close()
+    if out_dir is not None:
+        _write_csvs(out_dir, history)
+    return FitResult(state, history)
