@@ -20,6 +20,7 @@ exactly zero).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -96,12 +97,19 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
       ``(final_carry, ys)``: the carry after the last (valid) step and the stacked
       per-step outputs in the layout of ``xs``.
     """
-    T = _num_steps(xs, time_major)
-    body = _masked(step, lengths)
-    carry, ys = jax.lax.scan(lambda c, tx: body(params, c, tx), carry,
-                             (jnp.arange(T), _to_time_major(xs, time_major)),
-                             reverse=reverse, unroll=unroll)
+    _num_steps(xs, time_major)
+    carry, ys = _scan(step, params, carry, _to_time_major(xs, time_major), lengths, reverse, unroll)
     return carry, _to_time_major(ys, time_major)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _scan(step, params, carry, xs_tm, lengths, reverse, unroll):
+    """The scan itself, jitted with ``step`` static so that eager calls with the same
+    cell and shapes reuse one compilation (under an outer jit it is simply inlined)."""
+    body = _masked(step, lengths)
+    T = jax.tree.leaves(xs_tm)[0].shape[0]
+    return jax.lax.scan(lambda c, tx: body(params, c, tx), carry, (jnp.arange(T), xs_tm),
+                        reverse=reverse, unroll=unroll)
 
 
 def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
