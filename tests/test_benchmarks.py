@@ -59,3 +59,29 @@ def test_recurrent_checks_out_dir_before_compute(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--out"):
         bench.main(["--quick", "--out", str(blocker / "sub")])
     assert not called
+
+
+@pytest.mark.slow
+def test_fused_backward_prototype_matches_autodiff(tmp_path, monkeypatch):
+    """The hand-made backward passes (a proposal for seqjax.recurrent) give autodiff's gradients."""
+    bench = _import(monkeypatch, "benchmarks.fused_backward")
+    payload = bench.main(["--quick", "--out", str(tmp_path)])
+    rows = {(r["cell"], r["variant"]): r for r in payload["rows"]}
+    assert set(rows) == {(c, v) for c in ("lstm", "gru", "rnn_tanh")
+                         for v in ("autodiff", "fused_generic", "fused_hand")}
+    for key, row in rows.items():
+        assert row["max_rel_grad_error_vs_autodiff"] < 1e-5, key
+    assert (tmp_path / "fused_backward.md").exists()
+
+
+@pytest.mark.slow
+def test_input_projection_and_bidirectional_prototypes_run(tmp_path, monkeypatch):
+    ip = _import(monkeypatch, "benchmarks.input_projection")
+    payload = ip.main(["--quick", "--cells", "lstm", "--out", str(tmp_path)])
+    assert {(r["variant"], r["mode"]) for r in payload["rows"]} == {
+        (v, m) for v in ("inside", "hoisted", "hoisted_tm") for m in ("fwd", "fwd+bwd")}
+    assert all(r["while_loop_state_bytes"] for r in payload["rows"])   # the HLO parse found the loops
+    bd = _import(monkeypatch, "benchmarks.bidirectional")
+    payload = bd.main(["--quick", "--cells", "gru", "--out", str(tmp_path)])
+    assert len(payload["rows"]) == 2
+    assert payload["rows"][0]["max_rel_grad_diff"] < 1e-5      # one vmapped scan == two scans
