@@ -1,0 +1,328 @@
+"""Training loop: the step, clipping, truncated BPTT, fit (resume, NaN guard, checkpoints), models."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from seqjax import models, tasks, train
+
+KEY = jax.random.key(0)
+DATA_KEY = jax.random.key(7)
+
+# one tiny many-to-many model shared by every test (compiled once per process)
+MODEL = models.sequence_model(models.SequenceModelConfig(
+    cell="gru", hidden_size=8, output_size=2, input_size=1, readout="all"))
+
+
+def parity_loss(params, batch, key):
+    logits = MODEL.apply(params, batch.x, key=key)
+    return models.softmax_cross_entropy(logits, batch.y), {"accuracy": models.accuracy(logits, batch.y)}
+
+
+def parity_data(step):
+    return tasks.running_parity(jax.random.fold_in(DATA_KEY, step), 8, length=6)
+
+
+TRAINER = train.trainer(parity_loss, train.make_optimizer("adam", 2e-2), clip_norm=1.0)
+STEP = jax.jit(TRAINER.train_step)
+
+
+def fresh_state():
+    return TRAINER.init(MODEL.init(KEY), jax.random.key(1))
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ----------------------------------------------------------------------------- optimisers
+
+
+def test_optimizer_and_schedule_by_name():
+    for name in ("sgd", "adam", "adamw", "rmsprop", "lion"):
+        opt = train.make_optimizer(name, 1e-3)
+        assert isinstance(opt, optax.GradientTransformation)
+    sched = train.make_schedule("warmup_cosine", 1.0, total_steps=10, warmup_steps=2)
+    assert float(sched(0)) == 0.0 and abs(float(sched(2)) - 1.0) < 1e-6 and float(sched(10)) < 1e-6
+    assert abs(float(train.make_schedule("linear", 2.0, total_steps=4)(2)) - 1.0) < 1e-6
+
+
+def test_optimizer_bad_inputs():
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'"):
+        train.make_optimizer("adamm", 1e-3)
+    for lr in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be > 0"):
+            train.make_optimizer("adam", lr)
+    with pytest.raises(ValueError, match="unknown schedule 'cosin'"):
+        train.make_optimizer("adam", 1e-3, schedule="cosin")
+    with pytest.raises(ValueError, match="needs total_steps"):
+        train.make_optimizer("adam", 1e-3, schedule="cosine")
+    with pytest.raises(ValueError, match="clip_norm must be > 0"):
+        train.trainer(parity_loss, train.make_optimizer("sgd", 0.1), clip_norm=0.0)
+
+
+# ----------------------------------------------------------------------------- train step
+
+
+def test_few_steps_reduce_the_loss():
+    state = fresh_state()
+    eval_batch = tasks.running_parity(jax.random.key(99), 64, length=6)
+    evaluate = jax.jit(TRAINER.eval_step)
+    before = float(evaluate(state.params, eval_batch)["loss"])
+    for s in range(60):
+        state, metrics = STEP(state, parity_data(s))
+    after = float(evaluate(state.params, eval_batch)["loss"])
+    assert int(state.step) == 60
+    assert after < 0.7 * before, (before, after)
+
+
+def test_train_step_jit_equals_eager_and_metrics_are_the_gradient_norms():
+    state = fresh_state()
+    batch = parity_data(0)
+    s_jit, m_jit = STEP(state, batch)
+    s_eager, m_eager = TRAINER.train_step(state, batch)
+    for a, b in zip(jax.tree.leaves(s_jit), jax.tree.leaves(s_eager)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-5, atol=1e-6)
+    grads = jax.grad(lambda p: parity_loss(p, batch, None)[0])(state.params)
+    norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(float(m_jit["grad_norm"]), norm, rtol=1e-5)
+    head = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads["head"])))
+    np.testing.assert_allclose(float(m_jit["grad_norm/head"]), head, rtol=1e-5)
+    assert set(m_jit) >= {"loss", "grad_norm", "update_norm", "accuracy", "grad_norm/rnn"}
+
+
+def test_global_norm_clipping_keeps_the_direction():
+    """ANCHORS §3.5: with SGD(lr=1) the update is exactly -c g / ||g|| when ||g|| > c."""
+    params = MODEL.init(KEY)
+    batch = parity_data(0)
+    grads = jax.grad(lambda p: parity_loss(p, batch, None)[0])(params)
+    clip = 0.5 * float(train.global_norm(grads))
+    tr = train.trainer(parity_loss, optax.sgd(1.0), clip_norm=clip)
+    state = tr.init(params, KEY)
+    new, metrics = tr.train_step(state, batch)
+    norm = float(metrics["grad_norm"])
+    np.testing.assert_allclose(norm, 2 * clip, rtol=1e-5)
+    for p0, p1, g in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(p1 - p0), -clip * np.asarray(g) / norm, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["update_norm"]), clip, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- truncated BPTT
+
+CELL_MODEL = models.sequence_model(models.SequenceModelConfig(
+    cell="rnn_tanh", hidden_size=6, output_size=2, input_size=1, readout="all"))
+
+
+def _chunk_loss(params, carry, chunk, key):
+    """A tanh RNN over one chunk: the carry (1, B, H) flows in and out."""
+    from seqjax import recurrent, cells
+    rnn = recurrent.layer(cells.simple_rnn(6))
+    ys, carry = rnn.apply(params["rnn"], chunk.x, initial_carry=carry)
+    logits = ys @ params["head"]["w"] + params["head"]["b"]
+    return models.softmax_cross_entropy(logits, chunk.y), (carry, {})
+
+
+def _full_loss(params, batch, key):
+    loss, _ = _chunk_loss(params, jnp.zeros((1, batch.x.shape[0], 6)), batch, key)
+    return loss, {}
+
+
+def _zeros_carry(batch):
+    return jnp.zeros((1, batch.x.shape[0], 6))
+
+
+def test_truncated_bptt_equals_full_bptt_when_the_chunk_covers_the_sequence():
+    opt = optax.adam(1e-2)
+    params = CELL_MODEL.init(KEY)
+    full = train.trainer(_full_loss, opt, clip_norm=0.5)
+    tb = train.truncated_bptt(_chunk_loss, opt, chunk_length=8, initial_carry=_zeros_carry, clip_norm=0.5)
+    s_full, s_tb = full.init(params, KEY), tb.init(params, KEY)
+    step_full, step_tb = jax.jit(full.train_step), jax.jit(tb.train_step)
+    for s in range(3):
+        batch = tasks.running_parity(jax.random.fold_in(KEY, s), 4, length=8)
+        s_full, m_full = step_full(s_full, batch)
+        s_tb, m_tb = step_tb(s_tb, batch)
+        np.testing.assert_allclose(float(m_full["loss"]), float(m_tb["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s_full.params), jax.tree.leaves(s_tb.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_truncated_bptt_stops_gradients_at_chunk_boundaries():
+    params = CELL_MODEL.init(KEY)
+    batch = tasks.running_parity(KEY, 4, length=8)
+    tb = train.truncated_bptt(_chunk_loss, optax.sgd(1.0), chunk_length=4, initial_carry=_zeros_carry)
+    new, _ = jax.jit(tb.train_step)(tb.init(params, KEY), batch)
+    got = jax.tree.map(lambda a, b: a - b, params, new.params)       # = the averaged gradient
+    # reference: chunk 2's gradient with its incoming carry held constant
+    first = jax.tree.map(lambda a: a[:, :4], batch)
+    second = jax.tree.map(lambda a: a[:, 4:], batch)
+    grad_chunk = jax.jit(jax.grad(_chunk_loss, has_aux=True))
+    g1, (carry, _) = grad_chunk(params, _zeros_carry(batch), first, None)
+    g2, _ = grad_chunk(params, carry, second, None)
+    want = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    # and it is not full BPTT through the boundary
+    g_full = jax.jit(jax.grad(lambda p: (_chunk_loss(p, _zeros_carry(batch), first, None)[0]
+                                 + _chunk_loss(p, _chunk_loss(p, _zeros_carry(batch), first, None)[1][0],
+                                               second, None)[0]) / 2))(params)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(want)))
+    assert diff > 1e-5
+    # per-chunk updates advance the optimiser twice but the step counter once
+    tb2 = train.truncated_bptt(_chunk_loss, optax.sgd(1.0), chunk_length=4, initial_carry=_zeros_carry,
+                               update_every_chunk=True)
+    s2, _ = jax.jit(tb2.train_step)(tb2.init(params, KEY), batch)
+    assert int(s2.step) == 1
+    tb3 = train.truncated_bptt(_chunk_loss, optax.sgd(1.0), chunk_length=3, initial_carry=_zeros_carry)
+    with pytest.raises(ValueError, match="T = 8 must be a multiple of chunk_length = 3"):
+        tb3.train_step(tb3.init(params, KEY), batch)
+
+
+# ----------------------------------------------------------------------------- fit
+
+FIT = dict(num_steps=12, checkpoint_every=4, log_every=2, progress=False,
+           eval_batches=[tasks.running_parity(jax.random.key(5), 8, length=6)], eval_every=6)
+
+
+def test_fit_kill_and_resume_is_bit_identical(tmp_path):
+    straight = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "a", **FIT)
+
+    def killed_at_10(step):
+        if step == 10:
+            raise KeyboardInterrupt("simulated kill")
+        return parity_data(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(TRAINER, fresh_state(), killed_at_10, out_dir=tmp_path / "b", **FIT)
+    ckpts = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts[-1] == 8
+    resumed = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "b", resume=True, **FIT)
+    assert int(resumed.state.step) == 12
+    assert leaves_equal(straight.state.params, resumed.state.params)
+    assert leaves_equal(straight.state.opt_state, resumed.state.opt_state)
+    # the metric log of the resumed run equals the straight one (replayed rows dropped)
+    rows_a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert rows_a == rows_b
+    assert [r["step"] for r in rows_a if r["split"] == "eval"] == [6, 12]
+    assert (tmp_path / "a" / "train_metrics.csv").exists() and (tmp_path / "a" / "eval_metrics.csv").exists()
+    # a finished run resumed again does nothing more
+    again = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "b", resume=True, **FIT)
+    assert leaves_equal(again.state.params, straight.state.params)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poisoned(step):
+        batch = parity_data(step)
+        return batch._replace(x=batch.x * jnp.nan) if step == 6 else batch
+
+    with pytest.raises(train.NonFiniteError, match=r"loss became nan at step 7.*last good checkpoint \(step 4\)"):
+        train.fit(TRAINER, fresh_state(), poisoned, out_dir=tmp_path, **FIT)
+    ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts == [4]
+    restored = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, resume=True,
+                         **{**FIT, "num_steps": 4})
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.state.params))
+
+
+def _snapshot(root):
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_errors_touch_nothing(tmp_path):
+    train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, config={"lr": 2e-2},
+              **{**FIT, "num_steps": 4})
+    before = _snapshot(tmp_path)
+    # existing checkpoints without resume
+    with pytest.raises(ValueError, match="already holds checkpoints; pass resume=True"):
+        train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, **FIT)
+    # a different model
+    other = models.sequence_model(models.SequenceModelConfig(
+        cell="gru", hidden_size=9, output_size=2, input_size=1, readout="all"))
+    other_state = TRAINER.init(other.init(KEY), KEY)
+    with pytest.raises(train.CheckpointError, match="step 4.*different model"):
+        train.fit(TRAINER, other_state, parity_data, out_dir=tmp_path, resume=True, **FIT)
+    # a different config
+    with pytest.raises(train.CheckpointError, match=r"different config \(differs in \['lr'\]"):
+        train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, resume=True,
+                  config={"lr": 1e-3}, **FIT)
+    assert _snapshot(tmp_path) == before
+    # a corrupt checkpoint: garble every array file of step 4
+    corrupt = tmp_path.parent / "corrupt"
+    shutil.copytree(tmp_path, corrupt)
+    for p in (corrupt / "checkpoints" / "4" / "state").rglob("*"):
+        if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name:
+            p.write_bytes(b"\x00garbage" * 3)
+    before = _snapshot(corrupt)
+    with pytest.raises(train.CheckpointError, match="step 4.*corrupt"):
+        train.fit(TRAINER, fresh_state(), parity_data, out_dir=corrupt, resume=True, **FIT)
+    assert _snapshot(corrupt) == before
+
+
+def test_fit_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
+        train.fit(TRAINER, fresh_state(), parity_data, num_steps=0)
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        train.fit(TRAINER, fresh_state(), parity_data, num_steps=1, resume=True)
+    with pytest.raises(TypeError, match="state must be a TrainState"):
+        train.fit(TRAINER, {"params": 1}, parity_data, num_steps=1)
+    mesh = train.data_mesh()
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        train.shard_batch(tasks.running_parity(KEY, 1, length=3)._replace(
+            x=jnp.zeros((0, 3, 1)), y=jnp.zeros((0, 3), jnp.int32)), mesh)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_many_to_one_reads_the_state_at_each_last_valid_step():
+    m = models.sequence_model(models.SequenceModelConfig(cell="lstm", hidden_size=5, output_size=3,
+                                                         vocab_size=12, readout="last"))
+    params = m.init(KEY)
+    batch = tasks.sentiment(KEY, 4, max_clauses=3)
+    apply = jax.jit(m.apply)
+    out = apply(params, batch.x, lengths=batch.lengths)
+    for b in range(4):
+        n = int(batch.lengths[b])
+        single = apply(params, batch.x[b:b + 1, :n])
+        np.testing.assert_allclose(np.asarray(out[b]), np.asarray(single[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_irnn_init_and_bad_configs():
+    cell = models.make_cell("irnn", 4)
+    p = cell.init(KEY, 3)
+    np.testing.assert_array_equal(np.asarray(p["w_hh"]), np.eye(4))
+    assert float(jnp.abs(p["b_ih"]).max()) == 0.0 and float(jnp.std(p["w_ih"])) < 3e-3
+    with pytest.raises(ValueError, match="unknown architecture \\(cell\\) 'lstmm'"):
+        models.SequenceModelConfig(cell="lstmm", input_size=1)
+    with pytest.raises(ValueError, match="give input_size"):
+        models.SequenceModelConfig(cell="lstm")
+    with pytest.raises(ValueError, match="readout must be"):
+        models.SequenceModelConfig(input_size=1, readout="first")
+    with pytest.raises(ValueError, match="x must have shape \\(B, T, E=1\\)"):
+        MODEL.apply(MODEL.init(KEY), jnp.zeros((2, 3)))
+
+
+def test_recurrent_lm_carry_threading_and_greedy_generation():
+    lm = models.recurrent_lm(models.RecurrentLMConfig(cell="gru", vocab_size=7, hidden_size=8, embed_size=4))
+    params = lm.init(KEY)
+    toks = jax.random.randint(KEY, (2, 10), 0, 7)
+    apply = jax.jit(lm.apply)
+    full, _ = apply(params, toks)
+    a, carry = apply(params, toks[:, :4])
+    b, _ = apply(params, toks[:, 4:], carry)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(jnp.concatenate([a, b], 1)), rtol=1e-5, atol=1e-6)
+    # greedy generation equals repeated argmax over the whole prefix
+    out = jax.jit(lambda p, k, t: models.generate(lm, p, k, t, 4, temperature=0.0))(params, KEY, toks[0, :3])
+    seq = list(np.asarray(toks[0, :3]))
+    for _ in range(4):
+        logits, _ = apply(params, jnp.asarray(seq)[None])
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    assert list(np.asarray(out)) == seq[3:]
