@@ -8,15 +8,16 @@ every weight gradient with ONE large matmul after the loop (ANCHORS §4). This
 script measures that idea against seqjax's current unroll (autodiff), forward +
 backward of ``sum(outputs**2)``, and checks the gradients against autodiff.
 
-Variants (time-major scan, no padding, one direction):
+Variants (time-major scan, one direction, no padding in the timing; the gradient
+check ``check_gradients`` covers lengths, reverse and a given initial carry):
 
 - ``autodiff``: ``seqjax.recurrent.unroll(cell.step, ...)``, differentiated by JAX.
-- ``fused_generic``: custom_vjp for any cell written as
+- ``fused_generic``: :func:`fused_unroll` for any cell written as
   ``pointwise(carry, xp, hp) -> (carry, y)`` with ``xp = x W_ih + b_ih`` and
   ``hp = h W_hh + b_hh``; the forward saves xp, hp and the carries, the backward
   re-runs ``pointwise`` under ``jax.vjp`` per step.
-- ``fused_lstm`` / ``fused_gru`` / ``fused_rnn``: the same with the per-step
-  backward written by hand, saving only the gate activations (LSTM: i, f, g, o and c).
+- ``fused_hand``: :func:`fused_unroll` with the per-step backward written by hand
+  (:data:`HAND_WRITTEN`), saving only the gate activations (LSTM: i, f, g, o, c).
 
 Run::
 
@@ -31,7 +32,8 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,6 +87,91 @@ def _add_h(carry, dh):
     return carry._replace(h=carry.h + dh) if isinstance(carry, LSTMState) else carry + dh
 
 
+def _select(valid, new, old):
+    """Per-example select over a pytree whose leaves are (B, ...)."""
+    return jax.tree.map(lambda n, o: jnp.where(valid.reshape(valid.shape + (1,) * (n.ndim - 1)), n, o),
+                        new, old)
+
+
+class FusedCell(NamedTuple):
+    """The two per-step halves a fused unroll needs, matmul-free.
+
+    forward(carry, xp, hp) -> (carry, y, res): one step given xp = x W_ih + b_ih and
+      hp = h W_hh + b_hh; ``res`` is what the backward half needs.
+    backward(res, carry_prev, dcarry, dy) -> (dcarry_prev_direct, dxp, dhp): the
+      cotangents of the step's inputs, except the h W_hh path, which the unroll adds
+      as ``dhp @ W_hh.T`` to the h field of ``dcarry_prev_direct``.
+    """
+
+    forward: Callable
+    backward: Callable
+
+
+def generic_fused(pointwise: Callable) -> FusedCell:
+    """Any cell written as ``pointwise(carry, xp, hp) -> (carry, y)``; backward by jax.vjp."""
+    def forward(carry, xp, hp):
+        new, y = pointwise(carry, xp, hp)
+        return new, y, (xp, hp)
+
+    def backward(res, carry_prev, dcarry, dy):
+        xp, hp = res
+        _, vjp = jax.vjp(pointwise, carry_prev, xp, hp)
+        return vjp((dcarry, dy))
+    return FusedCell(forward, backward)
+
+
+def _lstm_forward(carry, xp, hp):
+    a_i, a_f, a_g, a_o = jnp.split(xp + hp, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
+    c = f * carry.c + i * g
+    h = o * jnp.tanh(c)
+    return LSTMState(h, c), h, (jnp.concatenate([i, f, g, o], -1), c)
+
+
+def _lstm_backward(res, carry_prev, dcarry, dy):
+    act, c = res
+    i, f, g, o = jnp.split(act, 4, axis=-1)
+    dh = dcarry.h + dy
+    tc = jnp.tanh(c)
+    dc = dcarry.c + dh * o * (1.0 - tc * tc)
+    dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * carry_prev.c * f * (1.0 - f),
+                              dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
+    return LSTMState(jnp.zeros_like(dh), dc * f), dgates, dgates
+
+
+def _gru_forward(h, xp, hp):
+    a_r, a_z, a_n = jnp.split(xp, 3, axis=-1)
+    u_r, u_z, u_n = jnp.split(hp, 3, axis=-1)
+    r, z = jax.nn.sigmoid(a_r + u_r), jax.nn.sigmoid(a_z + u_z)
+    n = jnp.tanh(a_n + r * u_n)
+    h = (1.0 - z) * n + z * h
+    return h, h, jnp.concatenate([r, z, n, u_n], -1)
+
+
+def _gru_backward(act, h_prev, dh, dy):
+    r, z, n, u_n = jnp.split(act, 4, axis=-1)
+    dh = dh + dy
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * u_n * r * (1.0 - r)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    return dh * z, jnp.concatenate([dr, dz, dn], -1), jnp.concatenate([dr, dz, dn * r], -1)
+
+
+def _rnn_forward(h, xp, hp):
+    h = jnp.tanh(xp + hp)
+    return h, h, h
+
+
+def _rnn_backward(h, h_prev, dh, dy):
+    dpre = (dh + dy) * (1.0 - h * h)
+    return jnp.zeros_like(dh), dpre, dpre
+
+
+HAND_WRITTEN = {"lstm": FusedCell(_lstm_forward, _lstm_backward),
+                "gru": FusedCell(_gru_forward, _gru_backward),
+                "rnn_tanh": FusedCell(_rnn_forward, _rnn_backward)}
+
+
 def _weight_grads(params, x, h_prev, dxp, dhp):
     """All parameter gradients and dx from the stacked per-step gradients, one matmul each.
 
@@ -97,152 +184,64 @@ def _weight_grads(params, x, h_prev, dxp, dhp):
     return grads, dxp @ params["w_ih"].T
 
 
-def _projections(params, x_t, h):
-    xp = x_t @ params["w_ih"] + params.get("b_ih", 0.0)
-    hp = h @ params["w_hh"] + params.get("b_hh", 0.0)
-    return xp, hp
+def fused_unroll(fused: FusedCell, unroll: int = 1) -> Callable:
+    """``run(params, carry0, x, lengths, reverse) -> (final, ys)``, x (T, B, E) time-major.
 
+    Same contract as ``seqjax.recurrent.unroll(cell.step, ..., time_major=True)``:
+    steps t >= lengths[b] leave the carry unchanged and output zero; ``reverse`` runs
+    from the end. ``lengths`` (B,) may be None; ``reverse`` is static. The backward
+    scan only propagates the carry cotangent and emits dxp, dhp per step; the weight
+    gradients and dx are one matmul each after the loop.
+    """
+    def forward(params, carry0, x, lengths, reverse):
+        T, B = x.shape[:2]
+        lengths_ = jnp.full((B,), T, jnp.int32) if lengths is None else lengths
 
-def fused_generic(pointwise: Callable, unroll: int = 1) -> Callable:
-    """``run(params, carry0, x) -> (final, ys)`` for x (T, B, E), with the fused backward."""
+        def step(carry, t_x):
+            t, x_t = t_x
+            xp = x_t @ params["w_ih"] + params.get("b_ih", 0.0)
+            hp = _h(carry) @ params["w_hh"] + params.get("b_hh", 0.0)
+            new, y, res = fused.forward(carry, xp, hp)
+            valid = t < lengths_
+            new = _select(valid, new, carry)
+            y = jnp.where(valid[:, None], y, 0.0)
+            return new, (y, res, carry)
+        final, (ys, res, carries) = jax.lax.scan(step, carry0, (jnp.arange(T), x),
+                                                 reverse=reverse, unroll=unroll)
+        return (final, ys), (params, x, lengths_, res, carries)
 
-    def forward(params, carry0, x):
-        def step(carry, x_t):
-            xp, hp = _projections(params, x_t, _h(carry))
-            new, y = pointwise(carry, xp, hp)
-            return new, (y, xp, hp, carry)
-        final, (ys, xps, hps, carries) = jax.lax.scan(step, carry0, x, unroll=unroll)
-        return (final, ys), (params, x, xps, hps, carries)
-
-    def backward(res, cotangents):
-        params, x, xps, hps, carries = res
+    def backward(reverse, residuals, cotangents):
+        params, x, lengths_, res, carries = residuals
         dfinal, dys = cotangents
         w_hh_t = params["w_hh"].T
 
         def step(dcarry, inputs):
-            xp, hp, carry, dy = inputs
-            _, vjp = jax.vjp(pointwise, carry, xp, hp)
-            dcarry_prev, dxp, dhp = vjp((dcarry, dy))
-            return _add_h(dcarry_prev, dhp @ w_hh_t), (dxp, dhp)
-        dcarry0, (dxps, dhps) = jax.lax.scan(step, dfinal, (xps, hps, carries, dys),
-                                             reverse=True, unroll=unroll)
-        grads, dx = _weight_grads(params, x, _h(carries), dxps, dhps)
-        return grads, dcarry0, dx
+            t, res_t, carry_prev, dy = inputs
+            direct, dxp, dhp = fused.backward(res_t, carry_prev, dcarry, dy)
+            valid = t < lengths_
+            dcarry_prev = _select(valid, _add_h(direct, dhp @ w_hh_t), dcarry)
+            zero = lambda a: jnp.where(valid[:, None], a, 0.0)  # noqa: E731
+            return dcarry_prev, (zero(dxp), zero(dhp))
+        T = x.shape[0]
+        dcarry0, (dxp, dhp) = jax.lax.scan(step, dfinal, (jnp.arange(T), res, carries, dys),
+                                           reverse=not reverse, unroll=unroll)
+        grads, dx = _weight_grads(params, x, _h(carries), dxp, dhp)
+        return grads, dcarry0, dx, None          # lengths are integers: no cotangent
 
-    run = jax.custom_vjp(lambda params, carry0, x: forward(params, carry0, x)[0])
-    run.defvjp(forward, backward)
-    return run
+    @partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def run(params, carry0, x, lengths, reverse):
+        return forward(params, carry0, x, lengths, reverse)[0]
 
+    def run_fwd(params, carry0, x, lengths, reverse):
+        return forward(params, carry0, x, lengths, reverse)
 
-def fused_lstm(unroll: int = 1) -> Callable:
-    """LSTM with a hand-written backward; residuals: activated gates (T, B, 4H) and c (T, B, H)."""
+    run.defvjp(run_fwd, backward)
 
-    def forward(params, carry0, x):
-        def step(carry, x_t):
-            xp, hp = _projections(params, x_t, carry.h)
-            a_i, a_f, a_g, a_o = jnp.split(xp + hp, 4, axis=-1)
-            i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
-            c = f * carry.c + i * g
-            h = o * jnp.tanh(c)
-            return LSTMState(h, c), (h, jnp.concatenate([i, f, g, o], -1), c)
-        final, (ys, acts, cs) = jax.lax.scan(step, carry0, x, unroll=unroll)
-        return (final, ys), (params, x, carry0, ys, acts, cs)
-
-    def backward(res, cotangents):
-        params, x, carry0, ys, acts, cs = res
-        dfinal, dys = cotangents
-        c_prev = jnp.concatenate([carry0.c[None], cs[:-1]])
-        h_prev = jnp.concatenate([carry0.h[None], ys[:-1]])
-        w_hh_t = params["w_hh"].T
-
-        def step(dcarry, inputs):
-            act, c, cp, dy = inputs
-            i, f, g, o = jnp.split(act, 4, axis=-1)
-            dh = dcarry.h + dy
-            tc = jnp.tanh(c)
-            dc = dcarry.c + dh * o * (1.0 - tc * tc)
-            dgates = jnp.concatenate([dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f),
-                                      dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
-            return LSTMState(dgates @ w_hh_t, dc * f), dgates
-        dcarry0, dgates = jax.lax.scan(step, dfinal, (acts, cs, c_prev, dys), reverse=True, unroll=unroll)
-        grads, dx = _weight_grads(params, x, h_prev, dgates, dgates)
-        return grads, dcarry0, dx
-
-    run = jax.custom_vjp(lambda params, carry0, x: forward(params, carry0, x)[0])
-    run.defvjp(forward, backward)
-    return run
-
-
-def fused_gru(unroll: int = 1) -> Callable:
-    """GRU with a hand-written backward; residuals r, z, n and u_n = (h W_hh + b_hh)_n."""
-
-    def forward(params, carry0, x):
-        def step(h, x_t):
-            xp, hp = _projections(params, x_t, h)
-            a_r, a_z, a_n = jnp.split(xp, 3, axis=-1)
-            u_r, u_z, u_n = jnp.split(hp, 3, axis=-1)
-            r, z = jax.nn.sigmoid(a_r + u_r), jax.nn.sigmoid(a_z + u_z)
-            n = jnp.tanh(a_n + r * u_n)
-            h = (1.0 - z) * n + z * h
-            return h, (h, jnp.concatenate([r, z, n, u_n], -1))
-        final, (ys, acts) = jax.lax.scan(step, carry0, x, unroll=unroll)
-        return (final, ys), (params, x, carry0, ys, acts)
-
-    def backward(res, cotangents):
-        params, x, carry0, ys, acts = res
-        dfinal, dys = cotangents
-        h_prev = jnp.concatenate([carry0[None], ys[:-1]])
-        w_hh_t = params["w_hh"].T
-
-        def step(dh, inputs):
-            act, hp_, dy = inputs
-            r, z, n, u_n = jnp.split(act, 4, axis=-1)
-            dh = dh + dy
-            dn = dh * (1.0 - z) * (1.0 - n * n)
-            dr = dn * u_n * r * (1.0 - r)
-            dz = dh * (hp_ - n) * z * (1.0 - z)
-            dhp = jnp.concatenate([dr, dz, dn * r], -1)
-            return dh * z + dhp @ w_hh_t, (jnp.concatenate([dr, dz, dn], -1), dhp)
-        dh0, (dxp, dhp) = jax.lax.scan(step, dfinal, (acts, h_prev, dys), reverse=True, unroll=unroll)
-        grads, dx = _weight_grads(params, x, h_prev, dxp, dhp)
-        return grads, dh0, dx
-
-    run = jax.custom_vjp(lambda params, carry0, x: forward(params, carry0, x)[0])
-    run.defvjp(forward, backward)
-    return run
-
-
-def fused_rnn(unroll: int = 1) -> Callable:
-    """tanh RNN with a hand-written backward; residuals: the outputs only."""
-
-    def forward(params, carry0, x):
-        def step(h, x_t):
-            xp, hp = _projections(params, x_t, h)
-            h = jnp.tanh(xp + hp)
-            return h, h
-        final, ys = jax.lax.scan(step, carry0, x, unroll=unroll)
-        return (final, ys), (params, x, carry0, ys)
-
-    def backward(res, cotangents):
-        params, x, carry0, ys = res
-        dfinal, dys = cotangents
-        w_hh_t = params["w_hh"].T
-
-        def step(dh, inputs):
-            h, dy = inputs
-            dpre = (dh + dy) * (1.0 - h * h)
-            return dpre @ w_hh_t, dpre
-        dh0, dpre = jax.lax.scan(step, dfinal, (ys, dys), reverse=True, unroll=unroll)
-        h_prev = jnp.concatenate([carry0[None], ys[:-1]])
-        grads, dx = _weight_grads(params, x, h_prev, dpre, dpre)
-        return grads, dh0, dx
-
-    run = jax.custom_vjp(lambda params, carry0, x: forward(params, carry0, x)[0])
-    run.defvjp(forward, backward)
-    return run
-
-
-HAND_WRITTEN = {"lstm": fused_lstm, "gru": fused_gru, "rnn_tanh": fused_rnn}
+    def call(params, carry0, x, lengths=None, reverse=False):
+        if lengths is None:      # custom_vjp needs array arguments: None becomes full length
+            lengths = jnp.full((x.shape[1],), x.shape[0], jnp.int32)
+        return run(params, carry0, x, lengths, reverse)
+    return call
 
 
 def variants(cell_name: str, unrolls=(1, 2)) -> dict[str, Callable]:
@@ -250,15 +249,42 @@ def variants(cell_name: str, unrolls=(1, 2)) -> dict[str, Callable]:
     cell = cells.make(cell_name, 1)   # only its step is used; H comes from the params
 
     def autodiff(u):
-        return lambda params, carry0, x: recurrent.unroll(cell.step, params, carry0, x,
-                                                          time_major=True, unroll=u)
+        return lambda params, carry0, x, lengths=None, reverse=False: recurrent.unroll(
+            cell.step, params, carry0, x, lengths=lengths, reverse=reverse, time_major=True, unroll=u)
     out = {}
     for u in unrolls:
         suffix = "" if u == 1 else f" unroll={u}"
         out["autodiff" + suffix] = autodiff(u)
-        out["fused_generic" + suffix] = fused_generic(POINTWISE[cell_name], u)
-        out["fused_hand" + suffix] = HAND_WRITTEN[cell_name](u)
+        out["fused_generic" + suffix] = fused_unroll(generic_fused(POINTWISE[cell_name]), u)
+        out["fused_hand" + suffix] = fused_unroll(HAND_WRITTEN[cell_name], u)
     return out
+
+
+def check_gradients(cell_name: str, B: int = 3, T: int = 7, I: int = 5, H: int = 4) -> dict[str, float]:
+    """Max relative difference to autodiff of ``recurrent.unroll`` for every fused variant.
+
+    Covers what the layer needs: unsorted lengths including a length-1 sequence, both
+    directions, a non-zero initial carry, and a loss on the outputs and the final carry.
+    """
+    cell = cells.make(cell_name, H)
+    k = jax.random.split(jax.random.key(3), 3)
+    params = cell.init(k[0], I)
+    carry0 = jax.tree.map(lambda a: jax.random.normal(k[1], a.shape), cell.initial_carry((B,)))
+    x = jax.random.normal(k[2], (T, B, I))
+    lengths = jnp.array([T, 1, T - 2][:B] + [T] * max(0, B - 3), jnp.int32)
+    errors = {}
+    for reverse in (False, True):
+        ref = None
+        for label, run in variants(cell_name, (1,)).items():
+            def loss(params, carry0, x, run=run):
+                final, ys = run(params, carry0, x, lengths, reverse)
+                return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(final))
+            g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, carry0, x)
+            ref = g if ref is None else ref
+            err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+                      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
+            errors[f"{label} reverse={reverse}"] = err
+    return errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
