@@ -1,0 +1,1006 @@
+r"""Transformers (Vaswani et al. 2017): encodings, blocks, models, cached decoding, losses.
+
+Blocks follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
+exactly (same sublayer order, dropout sites, LayerNorm eps 1e-5 by default, exact
+erf GELU), so :mod:`seqjax.interop` can copy PyTorch weights into them:
+
+* Post-LN (``norm_first=False``, the original): ``x = LN(x + Dropout(Sublayer(x)))``.
+* Pre-LN (``norm_first=True``, Xiong et al. 2020 "On layer normalization in the
+  Transformer architecture"): ``x = x + Dropout(Sublayer(LN(x)))``; its stacks end
+  with a final LayerNorm (``final_norm=True``).
+
+The feed-forward sublayer is ``FF(x) = W_2 Dropout(act(W_1 x + b_1)) + b_2``.
+
+Params are nested dicts (kernels input-major, ``x @ kernel + bias``)::
+
+    layer norm     {"scale": (D,), "bias": (D,)}
+    feed-forward   {"linear1": {"kernel": (D, F), "bias": (F,)}, "linear2": {"kernel": (F, D), "bias": (D,)}}
+    encoder layer  {"self_attn": MHA, "ff": ..., "norm1": ..., "norm2": ...}
+    decoder layer  {"self_attn": MHA, "cross_attn": MHA, "ff": ..., "norm1", "norm2", "norm3"}
+    stack          {"layers": [layer, ...], "norm": layer norm (only with final_norm)}
+
+with MHA the layout of :mod:`seqjax.attention`. Models add ``{"embedding": (V, D)}``
+token tables (scaled by sqrt(D), §3.4), positional encodings and an output
+projection (tied to the target embedding when ``tie_embeddings=True``).
+
+Dropout is active only when a ``dropout_key`` is passed: every ``apply`` is
+deterministic by default (evaluation), and training passes a fresh key per step.
+Masks are boolean with True = attend (see :mod:`seqjax.attention`).
+
+Decoding runs on device: :func:`greedy_decode` and :func:`beam_search` loop with
+``lax.while_loop`` over a key/value cache (:class:`KVCache`), so there is no host
+round trip per token, and stop as soon as every sequence has produced EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import attention as attn
+from seqjax.attention import dense
+from seqjax.types import Array, DType, Params, PRNGKey
+
+__all__ = [
+    "ACTIVATIONS", "POSITIONAL", "StackConfig", "TransformerConfig", "DecoderOnlyConfig",
+    "sinusoidal_table", "PositionalEncoding", "positional_encoding", "layer_norm",
+    "Layer", "encoder_layer", "decoder_layer", "KVCache", "Stack", "encoder", "decoder",
+    "DecodeState", "Transformer", "transformer", "DecoderOnly", "decoder_only",
+    "greedy_decode", "beam_search", "cross_entropy", "check_tokens",
+]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),   # exact erf GELU, torch's "gelu"
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+POSITIONAL = ("sinusoidal", "learned")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _positive(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{type(obj).__name__}.{name} must be an int >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{type(obj).__name__}.{name} must be >= 1, got {value}")
+
+
+def _common_checks(obj):
+    _positive(obj, "model_size", "num_heads", "ff_size")
+    if obj.model_size % obj.num_heads:
+        raise ValueError(f"{type(obj).__name__}.num_heads={obj.num_heads} must divide "
+                         f"model_size={obj.model_size}")
+    for name in ("dropout", "attention_dropout"):
+        value = getattr(obj, name)
+        if value is not None and not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be in [0, 1), got {value}")
+    if obj.activation not in ACTIVATIONS:
+        raise ValueError(f"{type(obj).__name__}.activation must be one of {sorted(ACTIVATIONS)}, "
+                         f"got {obj.activation!r}")
+    if not float(obj.layer_norm_eps) > 0:
+        raise ValueError(f"{type(obj).__name__}.layer_norm_eps must be > 0, got {obj.layer_norm_eps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """Hyperparameters of an encoder or decoder stack (and of each of its layers).
+
+    Attributes:
+      model_size: D.
+      num_heads: N, divides D.
+      ff_size: F, the feed-forward hidden width.
+      num_layers: L.
+      dropout: residual, feed-forward and embedding dropout rate.
+      attention_dropout: attention-weight dropout (None: same as ``dropout``, as torch).
+      activation: ``"relu"``, ``"gelu"`` (exact) or ``"gelu_tanh"``.
+      norm_first: Pre-LN when True, Post-LN (original) when False.
+      final_norm: a LayerNorm after the last layer (``nn.Transformer`` has one; Pre-LN needs one).
+      layer_norm_eps: LayerNorm epsilon (torch's 1e-5).
+      use_bias: biases in the attention and feed-forward projections and LayerNorms.
+    """
+
+    model_size: int = 512
+    num_heads: int = 8
+    ff_size: int = 2048
+    num_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float | None = None
+    activation: str = "relu"
+    norm_first: bool = False
+    final_norm: bool = False
+    layer_norm_eps: float = 1e-5
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _common_checks(self)
+        _positive(self, "num_layers")
+
+    @property
+    def attn_dropout(self) -> float:
+        return self.dropout if self.attention_dropout is None else float(self.attention_dropout)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyperparameters of the encoder-decoder :func:`transformer`.
+
+    Attributes:
+      src_vocab_size, tgt_vocab_size: V of each side.
+      model_size, num_heads, ff_size, dropout, attention_dropout, activation,
+        norm_first, layer_norm_eps: as :class:`StackConfig`.
+      num_encoder_layers, num_decoder_layers: L of each stack.
+      max_len: the longest source or target (decoder input) sequence.
+      positional: ``"sinusoidal"`` or ``"learned"``.
+      tie_embeddings: the output projection is the target embedding transposed
+        (Press & Wolf 2017; Vaswani et al. §3.4).
+      share_embeddings: source and target use one table (needs equal vocabularies).
+      final_norm: a LayerNorm after each stack (``nn.Transformer`` has them).
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    model_size: int = 512
+    num_heads: int = 8
+    ff_size: int = 2048
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float | None = None
+    activation: str = "relu"
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-5
+    max_len: int = 512
+    positional: str = "sinusoidal"
+    tie_embeddings: bool = True
+    share_embeddings: bool = False
+    final_norm: bool = True
+
+    def __post_init__(self):
+        _common_checks(self)
+        _positive(self, "src_vocab_size", "tgt_vocab_size", "num_encoder_layers",
+                  "num_decoder_layers", "max_len")
+        if self.positional not in POSITIONAL:
+            raise ValueError(f"TransformerConfig.positional must be one of {POSITIONAL}, got "
+                             f"{self.positional!r}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError("TransformerConfig.share_embeddings needs src_vocab_size == tgt_vocab_size, "
+                             f"got {self.src_vocab_size} and {self.tgt_vocab_size}")
+
+    def stack(self, num_layers: int) -> StackConfig:
+        return StackConfig(self.model_size, self.num_heads, self.ff_size, num_layers, self.dropout,
+                           self.attention_dropout, self.activation, self.norm_first, self.final_norm,
+                           self.layer_norm_eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyConfig:
+    """Hyperparameters of the decoder-only language model :func:`decoder_only`.
+
+    Fields as :class:`TransformerConfig`, with one ``vocab_size`` and ``num_layers``.
+    Defaults follow GPT-2 style: Pre-LN, GELU, learned positions, tied embeddings.
+    """
+
+    vocab_size: int
+    model_size: int = 256
+    num_heads: int = 4
+    ff_size: int = 1024
+    num_layers: int = 4
+    dropout: float = 0.1
+    attention_dropout: float | None = None
+    activation: str = "gelu"
+    norm_first: bool = True
+    layer_norm_eps: float = 1e-5
+    max_len: int = 256
+    positional: str = "learned"
+    tie_embeddings: bool = True
+    final_norm: bool = True
+
+    def __post_init__(self):
+        _common_checks(self)
+        _positive(self, "vocab_size", "num_layers", "max_len")
+        if self.positional not in POSITIONAL:
+            raise ValueError(f"DecoderOnlyConfig.positional must be one of {POSITIONAL}, got "
+                             f"{self.positional!r}")
+
+    def stack(self) -> StackConfig:
+        return StackConfig(self.model_size, self.num_heads, self.ff_size, self.num_layers, self.dropout,
+                           self.attention_dropout, self.activation, self.norm_first, self.final_norm,
+                           self.layer_norm_eps)
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def _sub(key: PRNGKey | None, i: int) -> PRNGKey | None:
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def _dropout(x: Array, rate: float, key: PRNGKey | None) -> Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
+    r"""LayerNorm over the last axis (Ba et al. 2016): ``(x - mean) / sqrt(var + eps) * scale + bias``.
+
+    ``p = {"scale": (D,), "bias": (D,)}`` (``"bias"`` optional); x (..., D). Biased variance, as torch.
+    """
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def _ln_init(D: int, use_bias: bool, dtype) -> Params:
+    p = {"scale": jnp.ones((D,), dtype)}
+    if use_bias:
+        p["bias"] = jnp.zeros((D,), dtype)
+    return p
+
+
+def sinusoidal_table(max_len: int, model_size: int, dtype: DType = jnp.float32) -> Array:
+    r"""Sinusoidal positions (Vaswani et al. 2017 §3.5), (max_len, D):
+
+    .. math:: PE_{p, 2i} = \sin(p / 10000^{2i/D}),\qquad PE_{p, 2i+1} = \cos(p / 10000^{2i/D})
+    """
+    pos = np.arange(max_len, dtype=np.float64)[:, None]
+    i2 = np.arange(0, model_size, 2, dtype=np.float64)[None, :]
+    angle = pos / np.power(10000.0, i2 / model_size)
+    table = np.zeros((max_len, model_size))
+    table[:, 0::2] = np.sin(angle)
+    table[:, 1::2] = np.cos(angle[:, : model_size // 2])
+    return jnp.asarray(table, dtype)
+
+
+class PositionalEncoding(NamedTuple):
+    """Adds position information to (B, T, D) inputs.
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``: ``{}`` for sinusoidal,
+        ``{"embedding": (max_len, D)}`` (N(0, 0.02), GPT-2) for learned.
+      apply: ``apply(params, x, offset=0) -> x + PE[offset : offset + T]``; x (B, T, D),
+        ``offset`` a scalar int, may be traced (incremental decoding).
+      kind, max_len, model_size.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Array]
+    kind: str
+    max_len: int
+    model_size: int
+
+
+def positional_encoding(kind: str, max_len: int, model_size: int) -> PositionalEncoding:
+    """A sinusoidal (fixed) or learned (trained table) positional encoding; see :class:`PositionalEncoding`."""
+    if kind not in POSITIONAL:
+        raise ValueError(f"kind must be one of {POSITIONAL}, got {kind!r}")
+    max_len = attn._check_size(max_len, "max_len")
+    model_size = attn._check_size(model_size, "model_size")
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        if kind == "sinusoidal":
+            return {}
+        return {"embedding": 0.02 * jax.random.normal(key, (max_len, model_size), dtype)}
+
+    def apply(params: Params, x: Array, offset: int | Array = 0) -> Array:
+        T = x.shape[-2]
+        if T > max_len:
+            raise ValueError(f"sequence length {T} exceeds the positional encoding's max_len={max_len}")
+        table = params["embedding"] if kind == "learned" else sinusoidal_table(max_len, model_size, x.dtype)
+        pe = jax.lax.dynamic_slice_in_dim(table, offset, T, axis=0)           # (T, D)
+        return x + pe.astype(x.dtype)
+
+    return PositionalEncoding(init, apply, kind, max_len, model_size)
+
+
+def check_tokens(tokens, vocab_size: int, name: str = "tokens", ndim: tuple[int, ...] = (2,)) -> Array:
+    """Check integer token ids; their range [0, V) is checked when they are concrete (not traced)."""
+    if not hasattr(tokens, "ndim") or not hasattr(tokens, "dtype"):
+        tokens = jnp.asarray(tokens)
+    if tokens.ndim not in ndim:
+        layout = {1: "(B,)", 2: "(B, T)"}
+        raise ValueError(f"{name} must have shape {' or '.join(layout.get(n, str(n)) for n in ndim)}, "
+                         f"got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+        values = np.asarray(tokens)
+        lo, hi = values.min(), values.max()
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{name} must lie in [0, vocab_size) = [0, {vocab_size}), got min {lo} "
+                             f"and max {hi}")
+    return tokens
+
+
+def _check_inputs(x, name: str, D: int, layout: str) -> None:
+    attn._check_array(x, name, 3, layout)
+    if x.shape[-1] != D:
+        raise ValueError(f"{name} must have D={D} features, got shape {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class KVCache(NamedTuple):
+    """One attention layer's key/value cache: ``key``, ``value`` (B, S_max, N, K)."""
+
+    key: Array
+    value: Array
+
+
+class Layer(NamedTuple):
+    """One Transformer block (encoder or decoder layer).
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      apply: encoder layer ``apply(params, x, *, mask=None, dropout_key=None)``,
+        x (B, T, D), mask broadcastable to (B, N, T, T); decoder layer
+        ``apply(params, x, memory, *, tgt_mask=None, memory_mask=None, dropout_key=None)``,
+        x (B, S, D), memory (B, T, D), masks to (B, N, S, S) and (B, N, S, T). -> (B, T|S, D).
+      apply_jit: ``jax.jit(apply)``.
+      step: ``step(params, x, cache, index, *, memory_kv=None, memory_mask=None)
+        -> (y, cache)``: causal self-attention for x (B, s, D) at positions
+        ``index .. index+s-1`` over a :class:`KVCache` (decoding, deterministic).
+      config: the :class:`StackConfig`.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Array]
+    apply_jit: Callable[..., Array]
+    step: Callable[..., tuple[Array, KVCache]]
+    config: StackConfig
+
+
+def _sublayer(cfg: StackConfig, norm_p, x, fn, key):
+    """Residual + LayerNorm around ``fn``, Post-LN or Pre-LN."""
+    if cfg.norm_first:
+        return x + _dropout(fn(layer_norm(norm_p, x, cfg.layer_norm_eps)), cfg.dropout, key)
+    return layer_norm(norm_p, x + _dropout(fn(x), cfg.dropout, key), cfg.layer_norm_eps)
+
+
+def _ff(cfg: StackConfig, p, x, key):
+    h = ACTIVATIONS[cfg.activation](dense(p["linear1"], x))                  # (B, T, F)
+    return dense(p["linear2"], _dropout(h, cfg.dropout, key))                 # (B, T, D)
+
+
+def _ff_init(key, cfg: StackConfig, dtype):
+    k1, k2 = jax.random.split(key)
+    return {"linear1": attn._dense_init(k1, cfg.model_size, cfg.ff_size, cfg.use_bias, dtype),
+            "linear2": attn._dense_init(k2, cfg.ff_size, cfg.model_size, cfg.use_bias, dtype)}
+
+
+def _mha(cfg: StackConfig) -> attn.MultiHeadAttention:
+    return attn.multi_head_attention(cfg.num_heads, cfg.model_size, use_bias=cfg.use_bias,
+                                     dropout=cfg.attn_dropout)
+
+
+def _cached_self_attention(mha, p, h, cache: KVCache, index):
+    """h (B, s, D) at positions index.., writes its keys/values, attends causally over the cache."""
+    kh, vh = mha.heads(p, "key", h), mha.heads(p, "value", h)                 # (B, s, N, K)
+    cache = KVCache(jax.lax.dynamic_update_slice_in_dim(cache.key, kh.astype(cache.key.dtype), index, 1),
+                    jax.lax.dynamic_update_slice_in_dim(cache.value, vh.astype(cache.value.dtype), index, 1))
+    mask = attn.causal_mask(h.shape[1], cache.key.shape[1], offset=index)    # (1, 1, s, S_max)
+    return mha.attend(p, mha.heads(p, "query", h), cache.key, cache.value, mask=mask), cache
+
+
+def encoder_layer(cfg: StackConfig) -> Layer:
+    """Self-attention + feed-forward block (``torch.nn.TransformerEncoderLayer``); see :class:`Layer`.
+
+    Used causally (``mask=causal_mask(T)``, or :attr:`Layer.step` with a cache) it is
+    the block of a decoder-only language model.
+    """
+    if not isinstance(cfg, StackConfig):
+        raise TypeError(f"cfg must be a StackConfig, got {type(cfg).__name__}")
+    mha = _mha(cfg)
+    D, N = cfg.model_size, cfg.num_heads
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        ka, kf = jax.random.split(key)
+        return {"self_attn": mha.init(ka, D, dtype=dtype), "ff": _ff_init(kf, cfg, dtype),
+                "norm1": _ln_init(D, cfg.use_bias, dtype), "norm2": _ln_init(D, cfg.use_bias, dtype)}
+
+    def _body(params, x, mask, key):
+        x = _sublayer(cfg, params["norm1"], x,
+                      lambda h: mha.apply(params["self_attn"], h, mask=mask, dropout_key=_sub(key, 0)),
+                      _sub(key, 1))
+        return _sublayer(cfg, params["norm2"], x, lambda h: _ff(cfg, params["ff"], h, _sub(key, 2)),
+                         _sub(key, 3))
+
+    def apply(params: Params, x: Array, *, mask: Array | None = None,
+              dropout_key: PRNGKey | None = None) -> Array:
+        _check_inputs(x, "x", D, "(B, T, D)")
+        attn.check_mask(mask, (x.shape[0], N, x.shape[1], x.shape[1]))
+        return _body(params, x, mask, dropout_key)
+
+    def step(params: Params, x: Array, cache: KVCache, index, *, memory_kv=None, memory_mask=None):
+        new = {}
+
+        def sa(h):
+            y, new["cache"] = _cached_self_attention(mha, params["self_attn"], h, cache, index)
+            return y
+        x = _sublayer(cfg, params["norm1"], x, sa, None)
+        x = _sublayer(cfg, params["norm2"], x, lambda h: _ff(cfg, params["ff"], h, None), None)
+        return x, new["cache"]
+
+    return Layer(init, apply, jax.jit(apply), step, cfg)
+
+
+def decoder_layer(cfg: StackConfig) -> Layer:
+    """Masked self-attention + encoder-decoder attention + feed-forward
+    (``torch.nn.TransformerDecoderLayer``); see :class:`Layer`.
+
+    The decoder ``step`` takes ``memory_kv``: the ``(key, value)`` heads of the memory,
+    (B, T, N, K) each, from :func:`memory_kv` (computed once per source).
+    """
+    if not isinstance(cfg, StackConfig):
+        raise TypeError(f"cfg must be a StackConfig, got {type(cfg).__name__}")
+    mha = _mha(cfg)
+    D, N = cfg.model_size, cfg.num_heads
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        ka, kc, kf = jax.random.split(key, 3)
+        return {"self_attn": mha.init(ka, D, dtype=dtype), "cross_attn": mha.init(kc, D, dtype=dtype),
+                "ff": _ff_init(kf, cfg, dtype), "norm1": _ln_init(D, cfg.use_bias, dtype),
+                "norm2": _ln_init(D, cfg.use_bias, dtype), "norm3": _ln_init(D, cfg.use_bias, dtype)}
+
+    def apply(params: Params, x: Array, memory: Array, *, tgt_mask: Array | None = None,
+              memory_mask: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
+        _check_inputs(x, "x", D, "(B, S, D)")
+        _check_inputs(memory, "memory", D, "(B, T, D)")
+        if memory.shape[0] != x.shape[0]:
+            raise ValueError(f"memory batch {memory.shape[0]} does not match x batch {x.shape[0]}")
+        B, S, T = x.shape[0], x.shape[1], memory.shape[1]
+        attn.check_mask(tgt_mask, (B, N, S, S), "tgt_mask")
+        attn.check_mask(memory_mask, (B, N, S, T), "memory_mask")
+        key = dropout_key
+        x = _sublayer(cfg, params["norm1"], x, lambda h: mha.apply(
+            params["self_attn"], h, mask=tgt_mask, dropout_key=_sub(key, 0)), _sub(key, 1))
+        x = _sublayer(cfg, params["norm2"], x, lambda h: mha.apply(
+            params["cross_attn"], h, memory, memory, mask=memory_mask, dropout_key=_sub(key, 2)),
+            _sub(key, 3))
+        return _sublayer(cfg, params["norm3"], x, lambda h: _ff(cfg, params["ff"], h, _sub(key, 4)),
+                         _sub(key, 5))
+
+    def step(params: Params, x: Array, cache: KVCache, index, *, memory_kv=None, memory_mask=None):
+        new = {}
+
+        def sa(h):
+            y, new["cache"] = _cached_self_attention(mha, params["self_attn"], h, cache, index)
+            return y
+        mk, mv = memory_kv
+        x = _sublayer(cfg, params["norm1"], x, sa, None)
+        x = _sublayer(cfg, params["norm2"], x, lambda h: mha.attend(
+            params["cross_attn"], mha.heads(params["cross_attn"], "query", h), mk, mv,
+            mask=memory_mask), None)
+        x = _sublayer(cfg, params["norm3"], x, lambda h: _ff(cfg, params["ff"], h, None), None)
+        return x, new["cache"]
+
+    return Layer(init, apply, jax.jit(apply), step, cfg)
+
+
+# ----------------------------------------------------------------------------- stacks
+
+
+class Stack(NamedTuple):
+    """L layers and an optional final LayerNorm; params ``{"layers": [...], "norm": ...}``.
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      apply: encoder ``apply(params, x, *, mask=None, dropout_key=None)``; decoder
+        ``apply(params, x, memory, *, tgt_mask=None, memory_mask=None, dropout_key=None)``;
+        shapes as :class:`Layer`.
+      apply_jit: ``jax.jit(apply)``.
+      init_cache: ``init_cache(batch_size, max_len, dtype=float32) -> [KVCache] * L`` (zeros).
+      step: ``step(params, x, caches, index, *, memory_kv=None, memory_mask=None)
+        -> (y, caches)``, x (B, s, D), every layer's :attr:`Layer.step`, then the final norm.
+      memory_kv: decoder only: ``memory_kv(params, memory) -> [(key, value)] * L``, the
+        cross-attention heads (B, T, N, K) of every layer.
+      layer: the :class:`Layer`.
+      config: the :class:`StackConfig`.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Array]
+    apply_jit: Callable[..., Array]
+    init_cache: Callable[..., list]
+    step: Callable[..., tuple[Array, list]]
+    memory_kv: Callable[..., list] | None
+    layer: Layer
+    config: StackConfig
+
+
+def _check_stack_params(params, L):
+    if not isinstance(params, dict) or "layers" not in params or len(params["layers"]) != L:
+        got = len(params["layers"]) if isinstance(params, dict) and "layers" in params else "no 'layers'"
+        raise ValueError(f"params must be {{'layers': [...{L} layers], 'norm': ...}}, got {got}")
+
+
+def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
+    if not isinstance(cfg, StackConfig):
+        raise TypeError(f"cfg must be a StackConfig, got {type(cfg).__name__}")
+    layer = decoder_layer(cfg) if is_decoder else encoder_layer(cfg)
+    L, D, N, K = cfg.num_layers, cfg.model_size, cfg.num_heads, cfg.model_size // cfg.num_heads
+    mha = _mha(cfg)
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        keys = jax.random.split(key, L)
+        params = {"layers": [layer.init(k, dtype) for k in keys]}
+        if cfg.final_norm:
+            params["norm"] = _ln_init(D, cfg.use_bias, dtype)
+        return params
+
+    def _final(params, x):
+        return layer_norm(params["norm"], x, cfg.layer_norm_eps) if cfg.final_norm else x
+
+    if is_decoder:
+        def apply(params: Params, x: Array, memory: Array, *, tgt_mask: Array | None = None,
+                  memory_mask: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
+            _check_stack_params(params, L)
+            for i, p in enumerate(params["layers"]):
+                x = layer.apply(p, x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                                dropout_key=_sub(dropout_key, i))
+            return _final(params, x)
+
+        def memory_kv(params: Params, memory: Array) -> list:
+            return [(mha.heads(p["cross_attn"], "key", memory), mha.heads(p["cross_attn"], "value", memory))
+                    for p in params["layers"]]
+    else:
+        def apply(params: Params, x: Array, *, mask: Array | None = None,
+                  dropout_key: PRNGKey | None = None) -> Array:
+            _check_stack_params(params, L)
+            for i, p in enumerate(params["layers"]):
+                x = layer.apply(p, x, mask=mask, dropout_key=_sub(dropout_key, i))
+            return _final(params, x)
+        memory_kv = None
+
+    def init_cache(batch_size: int, max_len: int, dtype: DType = jnp.float32) -> list:
+        z = jnp.zeros((batch_size, max_len, N, K), dtype)
+        return [KVCache(z, z) for _ in range(L)]
+
+    def step(params: Params, x: Array, caches: list, index, *, memory_kv=None, memory_mask=None):
+        new = []
+        for i, p in enumerate(params["layers"]):
+            x, c = layer.step(p, x, caches[i], index,
+                              memory_kv=None if memory_kv is None else memory_kv[i],
+                              memory_mask=memory_mask)
+            new.append(c)
+        return _final(params, x), new
+
+    return Stack(init, apply, jax.jit(apply), init_cache, step, memory_kv, layer, cfg)
+
+
+def encoder(cfg: StackConfig) -> Stack:
+    """An encoder stack (``torch.nn.TransformerEncoder``) on (B, T, D) inputs; see :class:`Stack`."""
+    return _stack(cfg, is_decoder=False)
+
+
+def decoder(cfg: StackConfig) -> Stack:
+    """A decoder stack (``torch.nn.TransformerDecoder``) on (B, S, D) inputs; see :class:`Stack`."""
+    return _stack(cfg, is_decoder=True)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class DecodeState(NamedTuple):
+    """Everything incremental decoding carries (leaves batch-major, (B, ...)).
+
+    Attributes:
+      caches: one :class:`KVCache` per decoder layer, (B, S_max, N, K).
+      memory_kv: per layer ``(key, value)`` cross-attention heads (B, T, N, K); ``()``
+        for a decoder-only model.
+      memory_mask: (B, 1, 1, T) source padding mask, or None.
+      index: () int32, the position the next token is written at.
+    """
+
+    caches: list
+    memory_kv: Any
+    memory_mask: Array | None
+    index: Array
+
+
+def _embed_init(key, V, D, dtype):
+    # N(0, D^-1/2): after the sqrt(D) scale the embedded tokens have unit variance.
+    return {"embedding": jax.random.normal(key, (V, D), dtype) * D ** -0.5}
+
+
+def _embed(p, tokens, D):
+    return jnp.take(p["embedding"], tokens, axis=0) * math.sqrt(D)          # (B, T, D)
+
+
+def _logits(params, h, tied_key):
+    out = params["output"]
+    if "kernel" in out:
+        return dense(out, h)
+    return h @ params[tied_key]["embedding"].T + out["bias"]                 # (B, S, V)
+
+
+def _output_init(key, D, V, tie, dtype):
+    if tie:
+        return {"bias": jnp.zeros((V,), dtype)}
+    return attn._dense_init(key, D, V, True, dtype)
+
+
+def _check_decode_len(max_len, start, limit, name="max_len"):
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
+        raise TypeError(f"{name} (the decode length) must be an int >= 1, got {max_len!r}")
+    if max_len < 1:
+        raise ValueError(f"{name} (the decode length) must be >= 1, got {max_len}")
+    if start + max_len > limit:
+        raise ValueError(f"{name}={max_len} decoding from position {start} needs {start + max_len} "
+                         f"positions, more than the model's max_len={limit}")
+
+
+class Transformer(NamedTuple):
+    """The encoder-decoder Transformer over token ids.
+
+    Params: ``{"src_embed": {"embedding": (Vs, D)}, "tgt_embed": {...} (absent when
+    shared), "src_pos"/"tgt_pos": positional params, "encoder": Stack, "decoder": Stack,
+    "output": {"kernel": (D, Vt), "bias": (Vt,)} ({"bias"} only when tied)}``.
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      encode: ``encode(params, src, *, src_lengths=None, dropout_key=None) -> memory``:
+        src (B, T) ints, src_lengths (B,) (right padding) -> (B, T, D).
+      decode: ``decode(params, memory, tgt_in, *, src_lengths=None, dropout_key=None)
+        -> logits`` (B, S, Vt), causal over tgt_in (B, S).
+      apply: ``apply(params, src, tgt_in, *, src_lengths=None, dropout_key=None)
+        -> logits`` (B, S, Vt) (teacher forcing).
+      apply_jit: ``jax.jit(apply)``.
+      init_decode: ``init_decode(params, src, max_len, *, src_lengths=None) -> DecodeState``:
+        encodes once, precomputes the memory keys/values, allocates caches of length max_len.
+      decode_step: ``decode_step(params, state, tokens) -> (logits, state)``: tokens
+        (B,) or (B, s) at positions ``state.index..``; logits (B, Vt) or (B, s, Vt).
+      config: the :class:`TransformerConfig`.
+    """
+
+    init: Callable[..., Params]
+    encode: Callable[..., Array]
+    decode: Callable[..., Array]
+    apply: Callable[..., Array]
+    apply_jit: Callable[..., Array]
+    init_decode: Callable[..., DecodeState]
+    decode_step: Callable[..., tuple[Array, DecodeState]]
+    config: TransformerConfig
+
+
+def transformer(cfg: TransformerConfig) -> Transformer:
+    """The encoder-decoder Transformer of Vaswani et al. (2017); see :class:`Transformer`."""
+    if not isinstance(cfg, TransformerConfig):
+        raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+    enc, dec = encoder(cfg.stack(cfg.num_encoder_layers)), decoder(cfg.stack(cfg.num_decoder_layers))
+    pos = positional_encoding(cfg.positional, cfg.max_len, cfg.model_size)
+    D, Vs, Vt = cfg.model_size, cfg.src_vocab_size, cfg.tgt_vocab_size
+    tgt_key = "src_embed" if cfg.share_embeddings else "tgt_embed"
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        ks = jax.random.split(key, 7)
+        params = {"src_embed": _embed_init(ks[0], Vs, D, dtype),
+                  "src_pos": pos.init(ks[2], dtype), "tgt_pos": pos.init(ks[3], dtype),
+                  "encoder": enc.init(ks[4], dtype), "decoder": dec.init(ks[5], dtype),
+                  "output": _output_init(ks[6], D, Vt, cfg.tie_embeddings, dtype)}
+        if not cfg.share_embeddings:
+            params["tgt_embed"] = _embed_init(ks[1], Vt, D, dtype)
+        return params
+
+    def _src_mask(src, src_lengths):
+        if src_lengths is None:
+            return None
+        lengths = jnp.asarray(src_lengths)
+        if lengths.shape != (src.shape[0],) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise ValueError(f"src_lengths must be (B,) = ({src.shape[0]},) integers, got shape "
+                             f"{tuple(lengths.shape)} and dtype {lengths.dtype}")
+        return attn.padding_mask(lengths, src.shape[1])                      # (B, 1, 1, T)
+
+    def _embed_pos(params, name, pos_name, tokens, offset, key):
+        x = pos.apply(params[pos_name], _embed(params[name], tokens, D), offset)
+        return _dropout(x, cfg.dropout, key)
+
+    def encode(params: Params, src: Array, *, src_lengths: Array | None = None,
+               dropout_key: PRNGKey | None = None) -> Array:
+        src = check_tokens(src, Vs, "src")
+        x = _embed_pos(params, "src_embed", "src_pos", src, 0, _sub(dropout_key, 0))
+        return enc.apply(params["encoder"], x, mask=_src_mask(src, src_lengths),
+                         dropout_key=_sub(dropout_key, 1))
+
+    def decode(params: Params, memory: Array, tgt_in: Array, *, src_lengths: Array | None = None,
+               dropout_key: PRNGKey | None = None) -> Array:
+        tgt_in = check_tokens(tgt_in, Vt, "tgt_in")
+        mmask = None if src_lengths is None else attn.padding_mask(jnp.asarray(src_lengths), memory.shape[1])
+        y = _embed_pos(params, tgt_key, "tgt_pos", tgt_in, 0, _sub(dropout_key, 2))
+        h = dec.apply(params["decoder"], y, memory, tgt_mask=attn.causal_mask(tgt_in.shape[1]),
+                      memory_mask=mmask, dropout_key=_sub(dropout_key, 3))
+        return _logits(params, h, tgt_key)
+
+    def apply(params: Params, src: Array, tgt_in: Array, *, src_lengths: Array | None = None,
+              dropout_key: PRNGKey | None = None) -> Array:
+        memory = encode(params, src, src_lengths=src_lengths, dropout_key=dropout_key)
+        return decode(params, memory, tgt_in, src_lengths=src_lengths, dropout_key=dropout_key)
+
+    def init_decode(params: Params, src: Array, max_len: int, *,
+                    src_lengths: Array | None = None) -> DecodeState:
+        _check_decode_len(max_len, 0, cfg.max_len, "max_len")
+        memory = encode(params, src, src_lengths=src_lengths)
+        return DecodeState(dec.init_cache(src.shape[0], max_len, memory.dtype),
+                           dec.memory_kv(params["decoder"], memory), _src_mask(src, src_lengths),
+                           jnp.zeros((), jnp.int32))
+
+    def decode_step(params: Params, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
+        single = getattr(tokens, "ndim", None) == 1
+        tokens = check_tokens(tokens, Vt, "tokens", (1, 2))
+        tokens = tokens[:, None] if single else tokens
+        y = _embed_pos(params, tgt_key, "tgt_pos", tokens, state.index, None)
+        h, caches = dec.step(params["decoder"], y, state.caches, state.index,
+                             memory_kv=state.memory_kv, memory_mask=state.memory_mask)
+        logits = _logits(params, h, tgt_key)
+        state = state._replace(caches=caches, index=state.index + tokens.shape[1])
+        return (logits[:, 0] if single else logits), state
+
+    return Transformer(init, encode, decode, apply, jax.jit(apply), init_decode, decode_step, cfg)
+
+
+class DecoderOnly(NamedTuple):
+    """A decoder-only (GPT-style) language model over token ids.
+
+    Params: ``{"embed": {"embedding": (V, D)}, "pos": positional params, "decoder": Stack
+    (encoder-layer blocks, used causally), "output": {"kernel", "bias"} ({"bias"} when tied)}``.
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      apply: ``apply(params, tokens, *, dropout_key=None) -> logits`` (B, T, V), causal:
+        logits[:, t] depends on tokens[:, :t+1] only.
+      apply_jit: ``jax.jit(apply)``.
+      init_decode: ``init_decode(params, batch_size, max_len, dtype=float32) -> DecodeState``.
+      decode_step: ``decode_step(params, state, tokens) -> (logits, state)``, as
+        :attr:`Transformer.decode_step` (pass a (B, P) prompt to prefill).
+      config: the :class:`DecoderOnlyConfig`.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Array]
+    apply_jit: Callable[..., Array]
+    init_decode: Callable[..., DecodeState]
+    decode_step: Callable[..., tuple[Array, DecodeState]]
+    config: DecoderOnlyConfig
+
+
+def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
+    """A decoder-only Transformer language model (Radford et al. 2018/2019); see :class:`DecoderOnly`."""
+    if not isinstance(cfg, DecoderOnlyConfig):
+        raise TypeError(f"cfg must be a DecoderOnlyConfig, got {type(cfg).__name__}")
+    stack = encoder(cfg.stack())
+    pos = positional_encoding(cfg.positional, cfg.max_len, cfg.model_size)
+    D, V = cfg.model_size, cfg.vocab_size
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        ke, kp, kd, ko = jax.random.split(key, 4)
+        return {"embed": _embed_init(ke, V, D, dtype), "pos": pos.init(kp, dtype),
+                "decoder": stack.init(kd, dtype), "output": _output_init(ko, D, V, cfg.tie_embeddings, dtype)}
+
+    def apply(params: Params, tokens: Array, *, dropout_key: PRNGKey | None = None) -> Array:
+        tokens = check_tokens(tokens, V, "tokens")
+        x = _dropout(pos.apply(params["pos"], _embed(params["embed"], tokens, D)), cfg.dropout,
+                     _sub(dropout_key, 0))
+        h = stack.apply(params["decoder"], x, mask=attn.causal_mask(tokens.shape[1]),
+                        dropout_key=_sub(dropout_key, 1))
+        return _logits(params, h, "embed")
+
+    def init_decode(params: Params, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> DecodeState:
+        _check_decode_len(max_len, 0, cfg.max_len, "max_len")
+        return DecodeState(stack.init_cache(batch_size, max_len, dtype), (), None, jnp.zeros((), jnp.int32))
+
+    def decode_step(params: Params, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
+        single = getattr(tokens, "ndim", None) == 1
+        tokens = check_tokens(tokens, V, "tokens", (1, 2))
+        tokens = tokens[:, None] if single else tokens
+        x = pos.apply(params["pos"], _embed(params["embed"], tokens, D), state.index)
+        h, caches = stack.step(params["decoder"], x, state.caches, state.index)
+        logits = _logits(params, h, "embed")
+        state = state._replace(caches=caches, index=state.index + tokens.shape[1])
+        return (logits[:, 0] if single else logits), state
+
+    return DecoderOnly(init, apply, jax.jit(apply), init_decode, decode_step, cfg)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _start(model, params, inputs, max_len, sos_id, src_lengths):
+    """(logits (B, V) for the first generated token, DecodeState)."""
+    if isinstance(model, Transformer):
+        if sos_id is None:
+            raise ValueError("sos_id is required to decode with an encoder-decoder Transformer")
+        inputs = check_tokens(inputs, model.config.src_vocab_size, "src")
+        # positions 0 (SOS) .. max_len; the last generated token is never fed back
+        _check_decode_len(max_len, 1, model.config.max_len + 1)
+        state = model.init_decode(params, inputs, max_len, src_lengths=src_lengths)
+        sos = jnp.full((inputs.shape[0],), sos_id, jnp.int32)
+        return model.decode_step(params, state, sos)
+    if isinstance(model, DecoderOnly):
+        inputs = check_tokens(inputs, model.config.vocab_size, "prompt")
+        P = inputs.shape[1]
+        _check_decode_len(max_len, P, model.config.max_len + 1)
+        state = model.init_decode(params, inputs.shape[0], P + max_len - 1)
+        logits, state = model.decode_step(params, state, inputs)
+        return logits[:, -1], state
+    raise TypeError(f"model must be a Transformer or DecoderOnly, got {type(model).__name__}")
+
+
+def _check_ids(model, **ids):
+    V = model.config.tgt_vocab_size if isinstance(model, Transformer) else model.config.vocab_size
+    for name, value in ids.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < V:
+            raise ValueError(f"{name} must be a token id in [0, {V}), got {value!r}")
+
+
+def _ban(logits, pad_id):
+    return logits if pad_id is None else logits.at[..., pad_id].set(-jnp.inf)
+
+
+def greedy_decode(model, params: Params, inputs: Array, *, max_len: int, eos_id: int,
+                  sos_id: int | None = None, pad_id: int | None = 0,
+                  src_lengths: Array | None = None) -> Array:
+    """Greedy decoding with a key/value cache, on device (``lax.while_loop``).
+
+    Args:
+      model: a :class:`Transformer` (``inputs`` = src (B, T), needs ``sos_id``) or a
+        :class:`DecoderOnly` (``inputs`` = a prompt (B, P)).
+      params: the model's params.
+      inputs: int token ids.
+      max_len: the number of tokens to generate, >= 1.
+      eos_id: a sequence stops after emitting it; later positions hold ``pad_id``.
+      sos_id: the first decoder input of a :class:`Transformer`.
+      pad_id: filler after EOS; never generated (None: no such token, fill with eos_id).
+      src_lengths: (B,) source lengths (Transformer only).
+
+    Returns:
+      (B, max_len) int32 generated tokens (EOS included, then padding). The loop
+      stops early once every sequence has emitted EOS.
+    """
+    _check_ids(model, eos_id=eos_id, sos_id=sos_id, pad_id=pad_id)
+    logits, state = _start(model, params, inputs, max_len, sos_id, src_lengths)
+    B = logits.shape[0]
+    fill = eos_id if pad_id is None else pad_id
+
+    def cond(c):
+        t, _, _, _, finished = c
+        return (t < max_len) & ~jnp.all(finished)
+
+    def body(c):
+        t, state, logits, tokens, finished = c
+        tok = jnp.argmax(_ban(logits, pad_id), axis=-1).astype(jnp.int32)
+        tok = jnp.where(finished, fill, tok)
+        tokens = tokens.at[:, t].set(tok)
+        finished = finished | (tok == eos_id)
+        logits, state = jax.lax.cond(t + 1 < max_len, lambda: model.decode_step(params, state, tok),
+                                     lambda: (logits, state))
+        return t + 1, state, logits, tokens, finished
+
+    init = (jnp.zeros((), jnp.int32), state, logits, jnp.full((B, max_len), fill, jnp.int32),
+            jnp.zeros((B,), bool))
+    return jax.lax.while_loop(cond, body, init)[3]
+
+
+def _length_penalty(length, alpha):
+    """GNMT length penalty (Wu et al. 2016, eq. 14): ((5 + |Y|) / 6)^alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(model, params: Params, inputs: Array, *, beam_size: int, max_len: int, eos_id: int,
+                sos_id: int | None = None, pad_id: int | None = 0, length_penalty: float = 0.6,
+                src_lengths: Array | None = None) -> tuple[Array, Array]:
+    r"""Beam search with the GNMT length penalty, per sequence, on device.
+
+    Each of the W beams of every sequence is ranked by
+    :math:`\log p(Y) / lp(Y)`, :math:`lp(Y) = ((5 + |Y|)/6)^\alpha` (Wu et al. 2016);
+    ``length_penalty`` is alpha (0: raw log-probability). A beam that emits EOS is
+    finished: it keeps its score and length and competes with the live beams at every
+    later step. The loop stops when all beams of all sequences are finished or after
+    ``max_len`` tokens. With ``beam_size=1`` this is exactly :func:`greedy_decode`.
+
+    Args: as :func:`greedy_decode`, plus
+      beam_size: W >= 1.
+      length_penalty: alpha >= 0.
+
+    Returns:
+      ``(tokens, scores)``: tokens (B, W, max_len) int32 (EOS included, then pad),
+      best first; scores (B, W) the length-normalised log-probabilities.
+    """
+    if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+        raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
+    if not float(length_penalty) >= 0.0:
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+    _check_ids(model, eos_id=eos_id, sos_id=sos_id, pad_id=pad_id)
+    W, alpha = int(beam_size), float(length_penalty)
+    fill = eos_id if pad_id is None else pad_id
+    logits, state = _start(model, params, inputs, max_len, sos_id, src_lengths)
+    B, V = logits.shape
+    # Expand every batch leaf to B*W rows, row b*W + w (the scalar index stays).
+    tile = lambda a: a if a.ndim == 0 else jnp.repeat(a, W, axis=0)        # noqa: E731
+    state = jax.tree.map(tile, state)
+    logits = tile(logits)
+
+    def cond(c):
+        t = c[0]
+        return (t < max_len) & ~jnp.all(c[5])
+
+    def body(c):
+        t, state, logits, tokens, raw, finished, lengths = c
+        logp = jax.nn.log_softmax(_ban(logits.astype(jnp.float32), pad_id), axis=-1).reshape(B, W, V)
+        live = raw[..., None] + logp                                          # (B, W, V)
+        # a finished beam has one continuation, `fill`, at its own score
+        done = jnp.full((B, W, V), -jnp.inf).at[..., fill].set(raw)
+        cand = jnp.where(finished[..., None], done, live)
+        cand_len = jnp.where(finished, lengths, t + 1)[..., None]              # (B, W, 1)
+        norm = (cand / _length_penalty(cand_len.astype(jnp.float32), alpha)).reshape(B, W * V)
+        _, idx = jax.lax.top_k(norm, W)                                       # (B, W)
+        beam, tok = idx // V, (idx % V).astype(jnp.int32)
+        raw = jnp.take_along_axis(cand.reshape(B, W * V), idx, axis=1)
+        parent_done = jnp.take_along_axis(finished, beam, axis=1)
+        lengths = jnp.where(parent_done, jnp.take_along_axis(lengths, beam, axis=1), t + 1)
+        finished = parent_done | (tok == eos_id)
+        tokens = jnp.take_along_axis(tokens, beam[..., None], axis=1).at[:, :, t].set(tok)
+        rows = (jnp.arange(B)[:, None] * W + beam).reshape(B * W)
+        state = jax.tree.map(lambda a: a if a.ndim == 0 else jnp.take(a, rows, axis=0), state)
+        logits, state = jax.lax.cond(t + 1 < max_len,
+                                     lambda: model.decode_step(params, state, tok.reshape(B * W)),
+                                     lambda: (logits, state))
+        return t + 1, state, logits, tokens, raw, finished, lengths
+
+    raw0 = jnp.full((B, W), -jnp.inf).at[:, 0].set(0.0)                     # only beam 0 is live at t=0
+    init = (jnp.zeros((), jnp.int32), state, logits, jnp.full((B, W, max_len), fill, jnp.int32), raw0,
+            jnp.zeros((B, W), bool), jnp.zeros((B, W), jnp.int32))
+    _, _, _, tokens, raw, finished, lengths = jax.lax.while_loop(cond, body, init)
+    scores = raw / _length_penalty(jnp.maximum(lengths, 1).astype(jnp.float32), alpha)
+    order = jnp.argsort(-scores, axis=1, stable=True)
+    return (jnp.take_along_axis(tokens, order[..., None], axis=1),
+            jnp.take_along_axis(scores, order, axis=1))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def cross_entropy(logits: Array, targets: Array, *, label_smoothing: float = 0.0,
+                  ignore_id: int | None = 0) -> Array:
+    r"""Mean label-smoothed cross-entropy over the non-ignored targets.
+
+    With smoothing :math:`\epsilon` and V classes the target distribution is
+    :math:`(1-\epsilon)\,\mathrm{onehot}(y) + \epsilon / V` (Szegedy et al. 2016;
+    ``torch.nn.functional.cross_entropy(label_smoothing=eps, ignore_index=...)``):
+
+    .. math::
+        \ell = (1 - \epsilon)(-\log p_y) + \frac{\epsilon}{V}\sum_v (-\log p_v)
+
+    Args:
+      logits: (..., V) float, e.g. (B, S, V).
+      targets: (...) int ids in [0, V), e.g. (B, S).
+      label_smoothing: epsilon in [0, 1).
+      ignore_id: targets equal to it (padding) contribute nothing; None ignores nothing.
+
+    Returns:
+      () the mean over counted targets (0 when there are none).
+    """
+    attn._check_array(logits, "logits", tuple(range(1, 8)), "(..., V)")
+    if not hasattr(targets, "shape") or tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"targets must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
+                         f"got {tuple(getattr(targets, 'shape', ()))}")
+    check_tokens(targets, logits.shape[-1], "targets", (targets.ndim,))
+    eps = attn._check_rate(label_smoothing, "label_smoothing")
+    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    loss = (1.0 - eps) * nll + eps * (-jnp.mean(logp, axis=-1)) if eps else nll
+    weight = jnp.ones_like(loss) if ignore_id is None else (targets != ignore_id).astype(loss.dtype)
+    return jnp.sum(loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)

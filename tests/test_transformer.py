@@ -1,0 +1,313 @@
+"""seqjax.transformer: blocks, models, cached decoding, beam search and the loss."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import attention as A
+from seqjax import transformer as T
+
+PAD, SOS, EOS = 0, 1, 2
+V = 7
+
+
+def _cfg(norm_first=False, **kw):
+    base = dict(model_size=8, num_heads=2, ff_size=16, num_encoder_layers=2, num_decoder_layers=2,
+                max_len=12, norm_first=norm_first)
+    base.update(kw)
+    return T.TransformerConfig(V, V, **base)
+
+
+def _seq2seq(norm_first):
+    model = T.transformer(_cfg(norm_first, positional="learned" if norm_first else "sinusoidal",
+                               tie_embeddings=not norm_first))
+    params = model.init(jax.random.key(0))
+    src = jax.random.randint(jax.random.key(1), (3, 6), 3, V)
+    tgt = jax.random.randint(jax.random.key(2), (3, 5), 1, V)
+    return model, params, src, tgt
+
+
+@pytest.fixture(scope="module")
+def seq2seq():
+    """Post-LN, sinusoidal positions, tied output projection."""
+    return _seq2seq(False)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["post_ln", "pre_ln"])
+def both(request):
+    """Post-LN as above, and Pre-LN with learned positions and an untied output projection."""
+    return _seq2seq(request.param)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model = T.decoder_only(T.DecoderOnlyConfig(V, model_size=8, num_heads=2, ff_size=16, num_layers=2,
+                                               max_len=12))
+    return model, model.init(jax.random.key(3))
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_sinusoidal_table_matches_vaswani_formula(x64):
+    table = np.asarray(T.sinusoidal_table(7, 6, jnp.float64))
+    for p, i in itertools.product(range(7), range(3)):
+        assert table[p, 2 * i] == pytest.approx(np.sin(p / 10000 ** (2 * i / 6)), abs=1e-14)
+        assert table[p, 2 * i + 1] == pytest.approx(np.cos(p / 10000 ** (2 * i / 6)), abs=1e-14)
+    pe = T.positional_encoding("sinusoidal", 7, 6)
+    x = jnp.zeros((1, 3, 6), jnp.float64)
+    np.testing.assert_array_equal(pe.apply({}, x, 2)[0], table[2:5])
+
+
+def test_pre_ln_with_zeroed_branches_is_the_identity():
+    """ANCHORS §3.6: Pre-LN with zero residual branches has an identity map (and Jacobian)."""
+    for norm_first in (True, False):
+        cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=3, norm_first=norm_first)
+        enc = T.encoder(cfg)
+        params = enc.init(jax.random.key(0))
+        for p in params["layers"]:
+            p["self_attn"]["out"] = jax.tree.map(jnp.zeros_like, p["self_attn"]["out"])
+            p["ff"]["linear2"] = jax.tree.map(jnp.zeros_like, p["ff"]["linear2"])
+        x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+        y = enc.apply_jit(params, x)
+        want = x
+        if not norm_first:
+            for _ in range(3):
+                want = T.layer_norm({"scale": jnp.ones(8), "bias": jnp.zeros(8)}, want)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+        if norm_first:
+            jac = jax.jit(jax.jacobian(lambda v: enc.apply(params, v.reshape(1, 5, 8)).reshape(-1)))(
+                x[:1].reshape(-1))
+            np.testing.assert_allclose(jac, np.eye(40), atol=1e-6)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="model_size must be >= 1"):
+        T.StackConfig(model_size=0)
+    with pytest.raises(ValueError, match="num_layers must be >= 1"):
+        T.StackConfig(num_layers=-1)
+    with pytest.raises(ValueError, match="num_heads=3 must divide model_size=8"):
+        T.StackConfig(model_size=8, num_heads=3)
+    with pytest.raises(ValueError, match="src_vocab_size must be >= 1"):
+        T.TransformerConfig(0, 5)
+    with pytest.raises(ValueError, match="ff_size must be >= 1"):
+        T.DecoderOnlyConfig(5, ff_size=0)
+    with pytest.raises(ValueError, match="activation"):
+        T.StackConfig(activation="swish")
+    with pytest.raises(ValueError, match="dropout"):
+        T.TransformerConfig(5, 5, dropout=1.5)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_jit_equals_no_jit(both):
+    model, params, src, tgt = both
+    lengths = jnp.array([6, 4, 2])
+    np.testing.assert_allclose(model.apply_jit(params, src, tgt, src_lengths=lengths),
+                               model.apply(params, src, tgt, src_lengths=lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_causality_through_gradients():
+    cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2, norm_first=True, final_norm=True)
+    dec = T.decoder(cfg)
+    params = dec.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    mem = jax.random.normal(jax.random.key(2), (2, 4, 8))
+    grad = jax.jit(jax.grad(lambda x, i: jnp.sum(dec.apply(params, x, mem, tgt_mask=A.causal_mask(5))[:, i] ** 2)))
+    for i in range(5):
+        g = grad(x, i)
+        np.testing.assert_array_equal(g[:, i + 1:], 0.0)                  # no gradient from the future
+        assert np.abs(np.asarray(g[:, : i + 1])).min(axis=-1).max() > 0
+
+
+def test_model_causality_and_source_padding_invariance(seq2seq):
+    model, params, src, tgt = seq2seq
+    lengths = jnp.array([6, 4, 2])
+    base = model.apply_jit(params, src, tgt, src_lengths=lengths)
+    # changing target token j changes no logit before j
+    for j in range(1, 5):
+        moved = model.apply_jit(params, src, tgt.at[:, j].set((tgt[:, j] + 1) % V), src_lengths=lengths)
+        np.testing.assert_allclose(moved[:, :j], base[:, :j], rtol=1e-6, atol=1e-6)
+        assert np.abs(np.asarray(moved[:, j:] - base[:, j:])).max() > 1e-4
+    # changing padded source tokens changes nothing
+    src2 = src.at[1, 4:].set(3).at[2, 2:].set(4)
+    np.testing.assert_array_equal(model.apply_jit(params, src2, tgt, src_lengths=lengths), base)
+
+
+def test_encoder_padding_invariance_through_gradients():
+    cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2)
+    enc = T.encoder(cfg)
+    params = enc.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    mask = A.padding_mask(jnp.array([5, 3]), 5)
+    g = jax.grad(lambda x: jnp.sum(enc.apply(params, x, mask=mask)[1, :3] ** 2))(x)
+    np.testing.assert_array_equal(g[1, 3:], 0.0)
+    assert np.abs(np.asarray(g[1, :3])).min() > 0
+
+
+def test_dropout_only_with_a_key(seq2seq):
+    _, _, src, tgt = seq2seq
+    m = T.transformer(_cfg(dropout=0.3))
+    p = m.init(jax.random.key(0))
+    a = m.apply_jit(p, src, tgt)
+    np.testing.assert_array_equal(a, m.apply_jit(p, src, tgt))
+    # an rbg key: threefry bits at every dropout site make XLA:CPU compiles slow
+    b = m.apply_jit(p, src, tgt, dropout_key=jax.random.key(1, impl="rbg"))
+    assert np.abs(np.asarray(a - b)).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_kv_cache_equals_full_recomputation(both):
+    model, params, src, tgt = both
+    lengths = jnp.array([6, 4, 2])
+    full = model.apply_jit(params, src, tgt, src_lengths=lengths)
+    state = model.init_decode(params, src, 5, src_lengths=lengths)
+    step = jax.jit(model.decode_step)
+    logits = []
+    for t in range(2):                                                       # one token at a time
+        out, state = step(params, state, tgt[:, t])
+        logits.append(out[:, None])
+    out, state = step(params, state, tgt[:, 2:])                            # then a chunk of three
+    logits.append(out)
+    np.testing.assert_allclose(jnp.concatenate(logits, 1), full, rtol=1e-5, atol=1e-5)
+    assert int(state.index) == 5
+
+
+def test_lm_kv_cache_equals_full_recomputation_and_causality(lm):
+    model, params = lm
+    toks = jax.random.randint(jax.random.key(4), (2, 9), 0, V)
+    full = model.apply_jit(params, toks)
+    state = model.init_decode(params, 2, 9)
+    prefill, state = model.decode_step(params, state, toks[:, :4])
+    outs = [prefill]
+    step = jax.jit(model.decode_step)
+    for t in range(4, 9):
+        out, state = step(params, state, toks[:, t])
+        outs.append(out[:, None])
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
+    moved = model.apply_jit(params, toks.at[:, 6].set((toks[:, 6] + 1) % V))
+    np.testing.assert_allclose(moved[:, :6], full[:, :6], rtol=1e-6, atol=1e-6)
+
+
+def test_beam_size_one_equals_greedy(seq2seq, lm):
+    model, params, src, _ = seq2seq
+    greedy = jax.jit(lambda p, s: T.greedy_decode(model, p, s, max_len=8, sos_id=SOS, eos_id=EOS))
+    beam = jax.jit(lambda p, s: T.beam_search(model, p, s, beam_size=1, max_len=8, sos_id=SOS, eos_id=EOS))
+    g = greedy(params, src)
+    b, _ = beam(params, src)
+    np.testing.assert_array_equal(b[:, 0], g)
+    lm_model, lm_params = lm
+    prompt = jnp.array([[3, 4], [5, 6]])
+    g = jax.jit(lambda p, s: T.greedy_decode(lm_model, p, s, max_len=6, eos_id=EOS))(lm_params, prompt)
+    b, _ = jax.jit(lambda p, s: T.beam_search(lm_model, p, s, beam_size=1, max_len=6, eos_id=EOS))(
+        lm_params, prompt)
+    np.testing.assert_array_equal(b[:, 0], g)
+
+
+def test_greedy_matches_argmax_of_full_recomputation_and_pads_after_eos(seq2seq):
+    model, params, src, _ = seq2seq
+    g = np.asarray(jax.jit(lambda p, s: T.greedy_decode(model, p, s, max_len=6, sos_id=SOS, eos_id=EOS))(
+        params, src))
+    for b in range(src.shape[0]):
+        seq = [SOS]
+        for t in range(6):
+            # fixed width (one compile): causality makes the trailing padding irrelevant
+            tgt_in = jnp.array([seq + [PAD] * (6 - len(seq))])
+            logits = np.array(model.apply_jit(params, src[b:b + 1], tgt_in))[0, len(seq) - 1]
+            logits[PAD] = -np.inf
+            nxt = int(np.argmax(logits))
+            assert g[b, t] == nxt
+            if nxt == EOS:
+                assert (g[b, t + 1:] == PAD).all()
+                break
+            seq.append(nxt)
+
+
+def _sequence_logprob(model, params, src, seqs):
+    """log p(seq | src) for a batch of generated sequences (teacher forcing, pad banned)."""
+    width = max(map(len, seqs))
+    tgt_in = jnp.array([[SOS] + s[:-1] + [PAD] * (width - len(s)) for s in seqs])
+    logits = model.apply_jit(params, jnp.repeat(src, len(seqs), 0), tgt_in)
+    logp = np.asarray(jax.nn.log_softmax(logits.at[..., PAD].set(-jnp.inf), -1))
+    return np.array([sum(logp[i, t, tok] for t, tok in enumerate(s)) for i, s in enumerate(seqs)])
+
+
+def test_wide_beam_finds_the_exhaustive_optimum_with_length_penalty():
+    """With W >= every live hypothesis, beam search is exhaustive: its best must be the argmax."""
+    vocab, max_len, alpha = 5, 3, 0.8
+    cfg = T.TransformerConfig(vocab, vocab, model_size=8, num_heads=2, ff_size=16, num_encoder_layers=1,
+                              num_decoder_layers=1, max_len=6)
+    model = T.transformer(cfg)
+    params = model.init(jax.random.key(11))
+    # sharpen the output so EOS competes with long sequences
+    params["output"]["bias"] = params["output"]["bias"].at[EOS].set(1.5)
+    src = jnp.array([[3, 4, 3]])
+    tokens = [t for t in range(vocab) if t != PAD]
+    cands = []
+    for n in range(1, max_len + 1):
+        for prefix in itertools.product([t for t in tokens if t != EOS], repeat=n - 1):
+            cands += [list(prefix) + [t] for t in (tokens if n == max_len else [EOS])]
+    cands = [c + [PAD] * (max_len - len(c)) for c in cands]
+    # score each candidate on its own (unpadded) tokens
+    real = [[t for t in c if t != PAD] for c in cands]
+    logp = _sequence_logprob(model, params, src, real)
+    scores = [lp / ((5 + len(r)) / 6) ** alpha for lp, r in zip(logp, real)]
+    best = cands[int(np.argmax(scores))]
+    toks, sc = jax.jit(lambda p, s: T.beam_search(model, p, s, beam_size=16, max_len=max_len, sos_id=SOS,
+                                                  eos_id=EOS, length_penalty=alpha))(params, src)
+    assert list(np.asarray(toks[0, 0])) == best
+    assert float(sc[0, 0]) == pytest.approx(max(scores), abs=1e-4)
+    assert np.all(np.diff(np.asarray(sc[0])) <= 1e-6)                         # best first
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_label_smoothed_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch", reason="the loss oracle is torch.nn.functional.cross_entropy")
+    logits = jax.random.normal(jax.random.key(0), (3, 4, V))
+    targets = jax.random.randint(jax.random.key(1), (3, 4), 0, V).at[0, 2:].set(PAD)
+    for eps in (0.0, 0.1):
+        want = torch.nn.functional.cross_entropy(
+            torch.tensor(np.asarray(logits)).reshape(-1, V), torch.tensor(np.asarray(targets), dtype=torch.long).reshape(-1),
+            ignore_index=PAD, label_smoothing=eps)
+        got = T.cross_entropy(logits, targets, label_smoothing=eps, ignore_id=PAD)
+        assert float(got) == pytest.approx(want.item(), rel=1e-5)
+    # padding contributes no gradient
+    g = jax.grad(lambda l: T.cross_entropy(l, targets, label_smoothing=0.1))(logits)
+    np.testing.assert_array_equal(g[0, 2:], 0.0)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_name_the_argument(seq2seq, lm):
+    model, params, src, tgt = seq2seq
+    with pytest.raises(ValueError, match=r"src must lie in \[0, vocab_size\) = \[0, 7\)"):
+        model.apply(params, src.at[0, 0].set(V), tgt)
+    with pytest.raises(ValueError, match="tgt_in must lie in"):
+        model.apply(params, src, tgt.at[0, 0].set(-1))
+    with pytest.raises(TypeError, match="src must be integer token ids"):
+        model.apply(params, src.astype(jnp.float32), tgt)
+    with pytest.raises(ValueError, match=r"max_len \(the decode length\) must be >= 1"):
+        T.greedy_decode(model, params, src, max_len=0, sos_id=SOS, eos_id=EOS)
+    with pytest.raises(ValueError, match="max_len=20 decoding"):
+        T.greedy_decode(model, params, src, max_len=20, sos_id=SOS, eos_id=EOS)
+    with pytest.raises(ValueError, match="beam_size must be an int >= 1"):
+        T.beam_search(model, params, src, beam_size=0, max_len=4, sos_id=SOS, eos_id=EOS)
+    with pytest.raises(ValueError, match="eos_id must be a token id"):
+        T.greedy_decode(model, params, src, max_len=4, sos_id=SOS, eos_id=V)
+    with pytest.raises(ValueError, match="tokens must lie in"):
+        lm[0].apply(lm[1], jnp.array([[V + 3]]))
+    with pytest.raises(ValueError, match="targets must have shape"):
+        T.cross_entropy(jnp.zeros((2, 3, V)), jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match="tgt_mask of shape"):
+        T.decoder(T.StackConfig(8, 2, 16, 1)).apply(
+            T.decoder(T.StackConfig(8, 2, 16, 1)).init(jax.random.key(0)), jnp.zeros((1, 3, 8)),
+            jnp.zeros((1, 4, 8)), tgt_mask=jnp.ones((4, 4), bool))
