@@ -8,6 +8,9 @@ of pure functions:
   readout, either from the state at each sequence's last valid step (many-to-one:
   classification, the adding problem) or from every step (many-to-many: copying
   memory, running parity).
+* :func:`transformer_sequence_model` (:class:`TransformerSequenceConfig`): the same
+  contract with a Transformer encoder stack from :mod:`seqjax.transformer` (causal
+  self-attention by default, so step t sees only steps <= t like a recurrent net).
 * :func:`recurrent_lm` (:class:`RecurrentLMConfig`): a character-level language
   model (embedding, recurrent layer, softmax over V) whose carry can be threaded
   across calls, with :func:`generate` for sampling at a temperature.
@@ -35,7 +38,8 @@ import jax.numpy as jnp
 from seqjax import cells, recurrent
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
-__all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model", "RecurrentLMConfig",
+__all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model",
+           "TransformerSequenceConfig", "transformer_sequence_model", "RecurrentLMConfig",
            "RecurrentLM", "recurrent_lm", "generate", "softmax_cross_entropy", "accuracy",
            "make_cell"]
 
@@ -178,6 +182,101 @@ def sequence_model(config: SequenceModelConfig) -> SequenceModel:
         else:
             feats = ys                                                    # (B, T, H)
         return feats @ params["head"]["w"] + params["head"]["b"]
+
+    return SequenceModel(init, apply, config)
+
+
+# ----------------------------------------------------------------------------- Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSequenceConfig:
+    """Hyperparameters of :func:`transformer_sequence_model`.
+
+    Attributes:
+      output_size: C.
+      input_size: E for float inputs (B, T, E), projected to D by a linear layer.
+      vocab_size: V for int tokens (B, T), embedded (scaled by sqrt(D)).
+      model_size, num_heads, ff_size, num_layers, dropout, norm_first: the encoder
+        stack (:class:`seqjax.transformer.StackConfig`; Pre-LN by default).
+      max_len: the longest T.
+      positional: ``"sinusoidal"`` or ``"learned"``.
+      causal: causal self-attention (step t attends to steps <= t).
+      readout: ``"last"`` (the last valid step) or ``"all"``.
+    """
+
+    output_size: int = 1
+    input_size: int | None = None
+    vocab_size: int | None = None
+    model_size: int = 64
+    num_heads: int = 4
+    ff_size: int = 128
+    num_layers: int = 2
+    dropout: float = 0.0
+    norm_first: bool = True
+    max_len: int = 1024
+    positional: str = "sinusoidal"
+    causal: bool = True
+    readout: str = "last"
+
+    def __post_init__(self):
+        _check_positive(self, "output_size", "input_size", "vocab_size", "model_size", "num_heads",
+                        "ff_size", "num_layers", "max_len")
+        if self.input_size is None and self.vocab_size is None:
+            raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
+        if self.model_size % self.num_heads:
+            raise ValueError(f"model_size={self.model_size} must be divisible by num_heads={self.num_heads}")
+        if self.readout not in ("last", "all"):
+            raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceModel:
+    """Input projection / embedding -> positional encoding -> encoder stack -> readout.
+
+    Params: ``{"input": {"w": (E, D), "b": (D,)}`` or ``{"embed": (V, D)}``, ``"pos"``,
+    ``"encoder"`` (a :func:`seqjax.transformer.encoder` stack), ``"head": {"w": (D, C), "b": (C,)}}``.
+    ``apply(params, x, *, lengths=None, key=None)`` as :class:`SequenceModel`; padded
+    keys are masked out and ``"last"`` reads position ``lengths - 1``.
+    """
+    from seqjax import attention, transformer  # the attention issue's modules
+
+    if not isinstance(config, TransformerSequenceConfig):
+        raise TypeError(f"config must be a TransformerSequenceConfig, got {type(config).__name__}")
+    D = config.model_size
+    stack = transformer.encoder(transformer.StackConfig(
+        model_size=D, num_heads=config.num_heads, ff_size=config.ff_size, num_layers=config.num_layers,
+        dropout=config.dropout, norm_first=config.norm_first, final_norm=config.norm_first))
+    pos = transformer.positional_encoding(config.positional, config.max_len, D)
+
+    def init(key: PRNGKey) -> Params:
+        k_in, k_pos, k_enc, k_head = jax.random.split(key, 4)
+        params = {"pos": pos.init(k_pos), "encoder": stack.init(k_enc),
+                  "head": _linear_init(k_head, D, config.output_size, jnp.float32)}
+        if config.vocab_size is not None:
+            params["embed"] = jax.random.normal(k_in, (config.vocab_size, D), jnp.float32) / math.sqrt(D)
+        else:
+            params["input"] = _linear_init(k_in, config.input_size, D, jnp.float32)
+        return params
+
+    def apply(params: Params, x: Array, *, lengths: Array | None = None,
+              key: PRNGKey | None = None) -> Array:
+        if config.vocab_size is not None:
+            h = _embed_inputs(config, params, x) * math.sqrt(D)            # (B, T, D)
+        else:
+            h = _embed_inputs(config, params, x) @ params["input"]["w"] + params["input"]["b"]
+        B, T = h.shape[:2]
+        h = pos.apply(params["pos"], h)
+        mask = attention.causal_mask(T) if config.causal else None        # (1, 1, T, T)
+        if lengths is not None:
+            lengths = recurrent.validate_lengths(lengths, B, T)
+            mask = attention.combine_masks(mask, attention.padding_mask(lengths, T))
+        h = stack.apply(params["encoder"], h, mask=mask, dropout_key=key)  # (B, T, D)
+        if config.readout == "last":
+            last = jnp.full((B,), T - 1) if lengths is None else lengths - 1
+            h = h[jnp.arange(B), last]                                      # (B, D)
+        return h @ params["head"]["w"] + params["head"]["b"]
 
     return SequenceModel(init, apply, config)
 
