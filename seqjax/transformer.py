@@ -50,6 +50,7 @@ __all__ = [
     "ACTIVATIONS", "POSITIONAL", "StackConfig", "TransformerConfig", "DecoderOnlyConfig",
     "sinusoidal_table", "PositionalEncoding", "positional_encoding", "layer_norm",
     "Layer", "encoder_layer", "decoder_layer", "KVCache", "Stack", "encoder", "decoder",
+    "EncoderDecoder", "encoder_decoder",
     "DecodeState", "Transformer", "transformer", "DecoderOnly", "decoder_only",
     "greedy_decode", "beam_search", "cross_entropy", "check_tokens",
 ]
@@ -588,6 +589,49 @@ def encoder(cfg: StackConfig) -> Stack:
 def decoder(cfg: StackConfig) -> Stack:
     """A decoder stack (``torch.nn.TransformerDecoder``) on (B, S, D) inputs; see :class:`Stack`."""
     return _stack(cfg, is_decoder=True)
+
+
+class EncoderDecoder(NamedTuple):
+    """An encoder stack and a decoder stack on (B, T, D) / (B, S, D) float inputs
+    (``torch.nn.Transformer``: no embeddings, no positional encodings inside).
+
+    Params: ``{"encoder": Stack params, "decoder": Stack params}``.
+
+    Attributes:
+      init: ``init(key, dtype=float32) -> params``.
+      apply: ``apply(params, src, tgt, *, src_mask=None, tgt_mask=None, memory_mask=None,
+        dropout_key=None) -> (B, S, D)``: src (B, T, D), tgt (B, S, D); masks boolean,
+        True = attend, broadcastable to (B, N, T, T), (B, N, S, S), (B, N, S, T).
+      apply_jit: ``jax.jit(apply)``.
+      encoder, decoder: the two :class:`Stack` s.
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., Array]
+    apply_jit: Callable[..., Array]
+    encoder: Stack
+    decoder: Stack
+
+
+def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig) -> EncoderDecoder:
+    """Compose :func:`encoder` and :func:`decoder` stacks; see :class:`EncoderDecoder`."""
+    if encoder_cfg.model_size != decoder_cfg.model_size:
+        raise ValueError(f"encoder and decoder model_size differ: {encoder_cfg.model_size} and "
+                         f"{decoder_cfg.model_size}")
+    enc, dec = encoder(encoder_cfg), decoder(decoder_cfg)
+
+    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        ke, kd = jax.random.split(key)
+        return {"encoder": enc.init(ke, dtype), "decoder": dec.init(kd, dtype)}
+
+    def apply(params: Params, src: Array, tgt: Array, *, src_mask: Array | None = None,
+              tgt_mask: Array | None = None, memory_mask: Array | None = None,
+              dropout_key: PRNGKey | None = None) -> Array:
+        memory = enc.apply(params["encoder"], src, mask=src_mask, dropout_key=_sub(dropout_key, 0))
+        return dec.apply(params["decoder"], tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                         dropout_key=_sub(dropout_key, 1))
+
+    return EncoderDecoder(init, apply, jax.jit(apply), enc, dec)
 
 
 # ----------------------------------------------------------------------------- models
