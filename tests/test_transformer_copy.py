@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -11,6 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _load():
     spec = importlib.util.spec_from_file_location("transformer_copy", ROOT / "experiments" / "transformer_copy.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
