@@ -29,8 +29,28 @@ from seqjax.cells import Cell
 from seqjax.recurrent import Recurrent, unroll, validate_lengths
 from seqjax.types import Array, Carry, Params, PRNGKey
 
-__all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "global_norm",
+__all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "safe_norm", "global_norm",
            "grad_norms_by_path", "gradient_statistics"]
+
+
+def safe_norm(x: Array, axis=-1) -> Array:
+    r"""2-norm over ``axis`` that neither underflows nor overflows: :math:`m \|x/m\|`, m = max|x|.
+
+    Squaring a float32 gradient of 1e-25 gives 1e-50, which flushes to zero, so a plain
+    ``sqrt(sum(x**2))`` reports exactly 0 for any vector below about 1e-19 (1e-154 in
+    float64). Vanishing-gradient curves reach far below that; this keeps them.
+
+    Args:
+      x: any floating array.
+      axis: an int or a tuple of ints.
+
+    Returns:
+      ``x`` reduced over ``axis``.
+    """
+    m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    safe_m = jnp.where(m > 0, m, jnp.ones_like(m))
+    norm = jnp.squeeze(safe_m, axis) * jnp.sqrt(jnp.sum(jnp.square(x / safe_m), axis=axis))
+    return jnp.where(jnp.squeeze(m, axis) > 0, norm, jnp.zeros_like(norm))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -242,9 +262,9 @@ def _unflatten_carry(z: Array, like: Carry) -> Carry:
 
 
 def _per_example_norm(tree: Carry) -> Array:
-    """sqrt of the sum of squares over everything but the leading batch axis: (B,)."""
-    sq = [jnp.sum(jnp.square(a).reshape(a.shape[0], -1), axis=1) for a in jax.tree.leaves(tree)]
-    return jnp.sqrt(sum(sq))
+    """The 2-norm over everything but the leading batch axis (all leaves together): (B,)."""
+    flat = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree.leaves(tree)], axis=1)
+    return safe_norm(flat, axis=1)
 
 
 def _exact_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry) -> Array:
@@ -401,7 +421,7 @@ def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: in
       loss_fn: maps ``y[:, p]`` (B, D') to a scalar; ``jnp.sum`` by default.
 
     Returns:
-      (B, T) norms over the feature axis of :math:`\partial L/\partial x_t`.
+      (B, T) norms over the feature axis of :math:`\partial L/\partial x_t` (:func:`safe_norm`).
     """
     _check_xs(x, "x")
     T = x.shape[1]
@@ -412,7 +432,7 @@ def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: in
     loss_fn = jnp.sum if loss_fn is None else loss_fn
     _check_scalar_loss(lambda y: loss_fn(y[:, position]), jax.eval_shape(fn, x))
     g = jax.grad(lambda x_: loss_fn(fn(x_)[:, position]))(x)                     # (B, T, D)
-    return jnp.sqrt(jnp.sum(jnp.square(g), axis=-1))
+    return safe_norm(g, axis=-1)
 
 
 # ----------------------------------------------------------------------------- gradient statistics
