@@ -99,7 +99,7 @@ class LM:
             return self.net.apply(params, x, dropout_key=key)
         return self.net.apply(params, x, key=key)[0]
 
-    def sample(self, params, key, prompt, num_chars: int, temperature: float):
+    def sample(self, params, key, prompt, num_chars: int, temperature):
         """(num_chars,) ids continuing ``prompt`` (T0,), one jitted scan."""
         if self.cfg.model != "transformer":
             return models.generate(self.net, params, key, prompt, num_chars, temperature=temperature)
@@ -112,8 +112,7 @@ class LM:
         def body(c, k):
             buf, pos = c
             logit = self.net.apply(params, buf[None])[0, pos]
-            tok = (jnp.argmax(logit) if temperature == 0 else
-                   jax.random.categorical(k, logit / temperature)).astype(jnp.int32)
+            tok = models.sample_logits(k, logit, temperature)
             full = pos == L - 1
             buf = jnp.where(full, jnp.roll(buf, -1).at[L - 1].set(tok), buf.at[jnp.minimum(pos + 1, L - 1)].set(tok))
             return (buf, jnp.where(full, pos, pos + 1)), tok
@@ -153,11 +152,11 @@ def run(cfg: Config, out_dir: Path, resume: bool, progress: bool) -> dict:
     prompt_text = "hell" if cfg.corpus == "hello" else cfg.prompt
     prompt_text = "".join(c for c in prompt_text if c in corpus.vocab.chars) or corpus.vocab.chars[0]
     prompt = jnp.asarray(corpus.vocab.encode(prompt_text))
-    sample = jax.jit(lm.sample, static_argnums=(3, 4))
+    sample = jax.jit(lm.sample, static_argnums=3)   # one compilation for every temperature
     samples = {}
     for i, t in enumerate((0.0,) + tuple(cfg.temperatures)):
         n = 1 if cfg.corpus == "hello" else cfg.sample_chars
-        toks = sample(params, jax.random.fold_in(k_sample, i), prompt, n, float(t))
+        toks = sample(params, jax.random.fold_in(k_sample, i), prompt, n, jnp.float32(t))
         samples[str(t)] = prompt_text + corpus.vocab.decode(np.asarray(toks))
     return {"model": cfg.model, "corpus": cfg.corpus, "vocab_size": V, "train_chars": int(corpus.train.shape[0]),
             "valid_chars": int(corpus.valid.shape[0]), "steps": cfg.steps, "seconds": seconds,

@@ -6,7 +6,7 @@ learning_curves.png from those files. Each run uses seqjax.train.fit (metrics.js
 and a final checkpoint under runs/<task>_<model>/; --resume continues them).
 
     python experiments/long_range.py --out results/long_range            # ~10 min on 2 cores
-    python experiments/long_range.py --steps 20000 --hidden 128 --out ...  # closer to the papers
+    python experiments/long_range.py --steps 20000 --transformer-steps 2000 --hidden 128 --out ...
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Config:
 
     tasks: tuple[str, ...] = TASKS
     models: tuple[str, ...] = MODELS
-    steps: int = 500
+    steps: int = 2000
+    transformer_steps: int = 400
     batch_size: int = 32
     hidden: int = 64
     model_size: int = 32
@@ -64,8 +65,9 @@ class Config:
                 raise ValueError(f"unknown architecture {m!r}; expected some of {list(MODELS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.steps < 1 or self.transformer_steps < 1:
+            raise ValueError(f"steps and transformer_steps must be >= 1, got {self.steps} and "
+                             f"{self.transformer_steps}")
         if not self.lr > 0 or not self.irnn_lr > 0:
             raise ValueError(f"lr and irnn_lr must be > 0, got {self.lr} and {self.irnn_lr}")
 
@@ -94,7 +96,7 @@ def build_model(arch: str, spec: dict, cfg: Config) -> models.SequenceModel:
     if arch == "transformer":
         return models.transformer_sequence_model(models.TransformerSequenceConfig(
             output_size=spec["out"], input_size=spec["input_size"], vocab_size=spec["vocab"],
-            model_size=cfg.model_size, num_heads=4, ff_size=2 * cfg.model_size, num_layers=2,
+            model_size=cfg.model_size, num_heads=2, ff_size=2 * cfg.model_size, num_layers=2,
             max_len=spec["T"], readout=spec["readout"]))
     return models.sequence_model(models.SequenceModelConfig(
         cell=arch, hidden_size=cfg.hidden, output_size=spec["out"], input_size=spec["input_size"],
@@ -122,6 +124,7 @@ def run_one(task: str, arch: str, cfg: Config, out_dir: Path, resume: bool, prog
     key = jax.random.key(cfg.seed)
     k_model, k_train, k_data, k_eval = jax.random.split(key, 4)
     lr = cfg.irnn_lr if arch == "irnn" else cfg.lr
+    steps = cfg.transformer_steps if arch == "transformer" else cfg.steps   # attention costs O(T^2) per step
     trainer = train.trainer(make_loss(model, spec), train.make_optimizer("adam", lr), clip_norm=cfg.clip_norm)
     state = trainer.init(model.init(k_model), k_train)
     if spec["family"] == "digits":
@@ -131,15 +134,15 @@ def run_one(task: str, arch: str, cfg: Config, out_dir: Path, resume: bool, prog
         evals = [spec["sample"](k_eval, cfg.eval_size)]
     data_fn = lambda step: spec["sample"](jax.random.fold_in(k_data, step), cfg.batch_size)  # noqa: E731
     start = time.perf_counter()
-    result = train.fit(trainer, state, data_fn, num_steps=cfg.steps, out_dir=out_dir / "runs" / f"{task}_{arch}",
-                       eval_batches=evals, eval_every=max(1, cfg.steps // cfg.eval_points),
-                       log_every=max(1, min(25, cfg.steps // 4)), resume=resume, progress=progress,
+    result = train.fit(trainer, state, data_fn, num_steps=steps, out_dir=out_dir / "runs" / f"{task}_{arch}",
+                       eval_batches=evals, eval_every=max(1, steps // cfg.eval_points),
+                       log_every=max(1, min(25, steps // 4)), resume=resume, progress=progress,
                        config={"task": task, "arch": arch, **dataclasses.asdict(cfg)},
                        description=f"{task} {arch}")
     seconds = time.perf_counter() - start
     evals_rows = [r for r in result.history if r["split"] == "eval"]
     final = evals_rows[-1][spec["metric"]]
-    return {"task": task, "T": spec["T"], "model": arch, "steps": cfg.steps, "metric": spec["metric"],
+    return {"task": task, "T": spec["T"], "model": arch, "steps": steps, "metric": spec["metric"],
             "test": final, "chance": spec["chance"], "solved": bool(spec["solved"](final)),
             "better_than_chance": bool(final < 0.9 * spec["chance"] if spec["lower_is_better"]
                                        else final > spec["chance"] + 0.05),
@@ -197,7 +200,9 @@ def parse(argv):
     p.add_argument("--out", default="results/long_range", help="output directory")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"some of {list(TASKS)}")
     p.add_argument("--models", nargs="+", default=list(MODELS), help=f"some of {list(MODELS)}")
-    p.add_argument("--steps", type=int, default=Config.steps, help="optimiser steps per run")
+    p.add_argument("--steps", type=int, default=Config.steps, help="optimiser steps per recurrent run")
+    p.add_argument("--transformer-steps", type=int, default=Config.transformer_steps,
+                   help="optimiser steps per Transformer run")
     p.add_argument("--batch-size", type=int, default=Config.batch_size)
     p.add_argument("--hidden", type=int, default=Config.hidden, help="recurrent hidden size H")
     p.add_argument("--model-size", type=int, default=Config.model_size, help="Transformer width D")
@@ -216,10 +221,12 @@ def main(argv=None) -> Path:
     args = parse(argv)
     if args.quick:
         cfg = Config(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer"), steps=6,
-                     batch_size=8, hidden=16, model_size=16, eval_size=32, eval_points=2, seed=args.seed)
+                     transformer_steps=6, batch_size=8, hidden=16, model_size=16, eval_size=32, eval_points=2,
+                     seed=args.seed)
     else:
         cfg = Config(tasks=tuple(args.tasks), models=tuple(args.models), steps=args.steps,
-                     batch_size=args.batch_size, hidden=args.hidden, model_size=args.model_size, lr=args.lr,
+                     transformer_steps=args.transformer_steps, batch_size=args.batch_size, hidden=args.hidden,
+                     model_size=args.model_size, lr=args.lr,
                      irnn_lr=args.irnn_lr, clip_norm=args.clip_norm, eval_size=args.eval_size, seed=args.seed)
     out_dir = io.ensure_writable_dir(args.out)
     io.save_json(out_dir / "config.json", {**dataclasses.asdict(cfg), "devices": jax.device_count(),

@@ -40,7 +40,7 @@ from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
 __all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model",
            "TransformerSequenceConfig", "transformer_sequence_model", "RecurrentLMConfig",
-           "RecurrentLM", "recurrent_lm", "generate", "softmax_cross_entropy", "accuracy",
+           "RecurrentLM", "recurrent_lm", "generate", "sample_logits", "softmax_cross_entropy", "accuracy",
            "make_cell"]
 
 #: Cell names accepted by the model configs.
@@ -348,30 +348,34 @@ def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
     return RecurrentLM(init, apply, rnn.initial_carry, config)
 
 
+def sample_logits(key: PRNGKey, logits: Array, temperature) -> Array:
+    """Sample ids from ``softmax(logits / temperature)`` over the last axis of (..., V);
+    ``temperature == 0`` gives the argmax. ``temperature`` may be traced."""
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1)
+    sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6), axis=-1)
+    return jnp.where(temperature == 0, greedy, sampled).astype(jnp.int32)
+
+
 def generate(lm: RecurrentLM, params: Params, key: PRNGKey, prompt: Array, num_tokens: int, *,
-             temperature: float = 1.0) -> Array:
+             temperature: float | Array = 1.0) -> Array:
     """Sample a continuation of ``prompt`` (T0,) ids: (num_tokens,) ids.
 
     The prompt is read once to build the carry; then each step samples from
     ``softmax(logits / temperature)`` (``temperature=0``: greedy argmax) and feeds the
-    token back. One ``lax.scan``; jit it at the call site with ``num_tokens`` static.
+    token back. One ``lax.scan``; jit it at the call site with ``num_tokens`` static
+    (``temperature`` may be a traced scalar, so one compilation serves every temperature).
     """
-    temperature = float(temperature)
-    if temperature < 0:
+    if isinstance(temperature, (int, float)) and temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 1 or prompt.shape[0] < 1:
         raise ValueError(f"prompt must have shape (T0,) with T0 >= 1, got {prompt.shape}")
     logits, carry = lm.apply(params, prompt[None, :])
 
-    def pick(k, last_logits):
-        if temperature == 0.0:
-            return jnp.argmax(last_logits, axis=-1)
-        return jax.random.categorical(k, last_logits / temperature, axis=-1)
-
     def body(c, k):
         carry, logit = c
-        tok = pick(k, logit)                                              # (1,)
+        tok = sample_logits(k, logit, temperature)                        # (1,)
         logits, carry = lm.apply(params, tok[:, None], carry)
         return (carry, logits[:, -1]), tok[0]
 

@@ -320,7 +320,7 @@ def test_recurrent_lm_carry_threading_and_greedy_generation():
     b, _ = apply(params, toks[:, 4:], carry)
     np.testing.assert_allclose(np.asarray(full), np.asarray(jnp.concatenate([a, b], 1)), rtol=1e-5, atol=1e-6)
     # greedy generation equals repeated argmax over the whole prefix
-    out = jax.jit(lambda p, k, t: models.generate(lm, p, k, t, 4, temperature=0.0))(params, KEY, toks[0, :3])
+    out = jax.jit(lambda p, k, t: models.generate(lm, p, k, t, 4, temperature=jnp.float32(0)))(params, KEY, toks[0, :3])
     seq = list(np.asarray(toks[0, :3]))
     for _ in range(4):
         logits, _ = apply(params, jnp.asarray(seq)[None])

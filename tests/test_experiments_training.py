@@ -1,0 +1,88 @@
+"""Quick end-to-end runs of experiments/long_range.py and experiments/char_lm.py."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqjax import io
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_long_range_quick(tmp_path):
+    lr = _load("long_range")
+    out = lr.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    rows = io.load_csv(out / "results.csv")
+    assert {(r["task"], r["model"]) for r in rows} == {
+        (t, m) for t in ("adding100", "copying100", "digits") for m in ("irnn", "transformer")}
+    chance = {r["task"]: float(r["chance"]) for r in rows}
+    assert abs(chance["adding100"] - 1 / 6) < 1e-12 and abs(chance["copying100"] - 0.1733) < 1e-4
+    assert "| adding100 | 100 | irnn |" in (out / "results.md").read_text()
+    assert io.load_json(out / "config.json")["steps"] == 6
+    # plotting reads only the saved files
+    (out / "learning_curves.png").unlink()
+    lr.plot(out)
+    assert (out / "learning_curves.png").stat().st_size > 0
+    # every run went through fit: metrics log and a final checkpoint
+    assert (out / "runs" / "digits_irnn" / "checkpoints" / "6").is_dir()
+    assert (out / "runs" / "copying100_transformer" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_long_range_bad_inputs(tmp_path):
+    lr = _load("long_range")
+    with pytest.raises(ValueError, match="unknown architecture 'lstmm'"):
+        lr.main(["--models", "lstmm", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown task 'adding50'"):
+        lr.main(["--tasks", "adding50", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        lr.main(["--batch-size", "0", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="lr and irnn_lr must be > 0"):
+        lr.main(["--lr", "0", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_char_lm_hello_learns_o_and_quick_stdlib(tmp_path):
+    ch = _load("char_lm")
+    out = ch.main(["--corpus", "hello", "--model", "lstm", "--out", str(tmp_path / "hello"), "--no-progress"])
+    res = io.load_json(out / "results.json")
+    assert res["greedy_continuation"] == "hello"
+    assert res["valid_bits_per_char"] < 0.2 * res["unigram_bits_per_char"]
+    out = ch.main(["--quick", "--corpus", "stdlib", "--model", "transformer", "--out", str(tmp_path / "std"),
+                   "--no-progress", "--temperatures", "0.5", "1.0"])
+    res = io.load_json(out / "results.json")
+    assert set(res["samples"]) == {"0.0", "0.5", "1.0"}
+    assert all(s.startswith("def ") and len(s) == 24 for s in res["samples"].values())
+    assert res["unigram_bits_per_char"] > 3.0
+    (out / "learning_curve.png").unlink()
+    ch.plot(out)
+    assert (out / "learning_curve.png").exists()
+
+
+def test_char_lm_bad_inputs(tmp_path):
+    ch = _load("char_lm")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match="not valid utf-8.*encoding='latin-1'.*--encoding"):
+        ch.main(["--corpus", "file", "--path", str(latin), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "config.json").exists()     # failed before any compute or output
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ch.main(["--corpus", "file", "--path", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        ch.main(["--corpus", "file", "--path", str(empty), "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="unknown architecture 'rnn'"):
+        ch.main(["--model", "rnn", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        ch.main(["--lr", "-1", "--out", str(tmp_path / "o")])
