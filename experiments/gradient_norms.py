@@ -52,7 +52,7 @@ class Config:
     length: int = 100            # T (adding: sequence length; copying: the delay)
     hidden_size: int = 64        # H for recurrent cells, D for Transformers
     seeds: int = 3
-    steps: int = 200             # training steps between the two measurements
+    steps: int = 150             # training steps between the two measurements
     batch_size: int = 32
     eval_batch_size: int = 32
     learning_rate: float = 1e-3
@@ -257,9 +257,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
               steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
               transformer_layers=args.transformer_layers,
               archs=tuple(a.strip() for a in args.archs.split(",") if a.strip()))
-    if args.quick:
-        kw.update(length=20, hidden_size=16, seeds=2, steps=5, batch_size=8, eval_batch_size=8,
-                  transformer_layers=1)
+    if args.quick:   # small sizes, except where a flag asked for something else
+        default = Config()
+        quick = dict(length=20, hidden_size=16, seeds=2, steps=5, batch_size=8, eval_batch_size=8,
+                     transformer_layers=1)
+        kw.update({k: v for k, v in quick.items() if kw.get(k, getattr(default, k)) == getattr(default, k)})
     return Config(**kw)
 
 
