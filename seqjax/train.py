@@ -697,8 +697,8 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
                 evaluate(s)
             if due_ckpt:
                 checkpoint(s)
-        if start >= num_steps:
-            evaluate(start)
+        if start >= num_steps and not any(r["split"] == "eval" and r["step"] == start for r in history):
+            evaluate(start)   # a finished run resumed: report its evaluation once
     finally:
         pbar.close()
     if out_dir is not None:

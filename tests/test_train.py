@@ -83,14 +83,11 @@ def test_few_steps_reduce_the_loss():
     assert after < 0.7 * before, (before, after)
 
 
-def test_train_step_jit_equals_eager_and_metrics_are_the_gradient_norms():
+def test_step_metrics_are_the_gradient_norms():
     state = fresh_state()
     batch = parity_data(0)
-    s_jit, m_jit = STEP(state, batch)
-    s_eager, m_eager = TRAINER.train_step(state, batch)
-    for a, b in zip(jax.tree.leaves(s_jit), jax.tree.leaves(s_eager)):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-5, atol=1e-6)
-    grads = jax.grad(lambda p: parity_loss(p, batch, None)[0])(state.params)
+    _, m_jit = STEP(state, batch)
+    grads = jax.jit(jax.grad(lambda p: parity_loss(p, batch, None)[0]))(state.params)
     norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
     np.testing.assert_allclose(float(m_jit["grad_norm"]), norm, rtol=1e-5)
     head = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads["head"])))
@@ -216,6 +213,7 @@ def test_fit_kill_and_resume_is_bit_identical(tmp_path):
     # a finished run resumed again does nothing more
     again = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "b", resume=True, **FIT)
     assert leaves_equal(again.state.params, straight.state.params)
+    assert again.history == straight.history
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -282,9 +280,14 @@ def test_fit_bad_inputs(tmp_path):
 # ----------------------------------------------------------------------------- models
 
 
-def test_many_to_one_reads_the_state_at_each_last_valid_step():
-    m = models.sequence_model(models.SequenceModelConfig(cell="lstm", hidden_size=5, output_size=3,
-                                                         vocab_size=12, readout="last"))
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_many_to_one_reads_the_state_at_each_last_valid_step(arch):
+    if arch == "lstm":
+        m = models.sequence_model(models.SequenceModelConfig(cell="lstm", hidden_size=5, output_size=3,
+                                                             vocab_size=12, readout="last"))
+    else:
+        m = models.transformer_sequence_model(models.TransformerSequenceConfig(
+            output_size=3, vocab_size=12, model_size=8, num_heads=2, ff_size=16, num_layers=1, max_len=6))
     params = m.init(KEY)
     batch = tasks.sentiment(KEY, 4, max_clauses=3)
     apply = jax.jit(m.apply)
@@ -321,8 +324,9 @@ def test_recurrent_lm_carry_threading_and_greedy_generation():
     np.testing.assert_allclose(np.asarray(full), np.asarray(jnp.concatenate([a, b], 1)), rtol=1e-5, atol=1e-6)
     # greedy generation equals repeated argmax over the whole prefix
     out = jax.jit(lambda p, k, t: models.generate(lm, p, k, t, 4, temperature=jnp.float32(0)))(params, KEY, toks[0, :3])
+    # reference: re-read the whole prefix each time (right-padded to one shape: the model is causal)
     seq = list(np.asarray(toks[0, :3]))
     for _ in range(4):
-        logits, _ = apply(params, jnp.asarray(seq)[None])
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        logits, _ = apply(params, jnp.asarray(seq + [0] * (7 - len(seq)))[None])
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     assert list(np.asarray(out)) == seq[3:]
