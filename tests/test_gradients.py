@@ -307,6 +307,26 @@ def test_input_gradient_norms_causal_function_gives_zero_from_the_future():
                                jnp.linalg.norm(1 - jnp.tanh(x) ** 2, axis=-1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_causal_attention_gives_exactly_zero_gradient_from_the_future(norm_first):
+    """A causal Transformer encoder: the loss at position p has exactly zero gradient w.r.t. x_t, t > p."""
+    from seqjax import transformer
+    from seqjax.attention import causal_mask
+    B, T, D = 2, 7, 8
+    stack = transformer.encoder(transformer.StackConfig(model_size=D, num_heads=2, ff_size=16, num_layers=2,
+                                                        dropout=0.0, norm_first=norm_first, final_norm=norm_first))
+    params = stack.init(jax.random.key(13))
+    x = jax.random.normal(jax.random.key(14), (B, T, D))
+    fn = lambda x: stack.apply(params, x, mask=causal_mask(T))          # noqa: E731
+    for p in (0, 3, T - 1):
+        norms = G.input_gradient_norms(fn, x, position=p, loss_fn=lambda y: jnp.sum(y ** 2))
+        assert np.all(np.asarray(norms[:, p + 1:]) == 0.0)
+        assert np.all(np.asarray(norms[:, :p + 1]) > 0.0)
+    # without the mask the future does reach the past
+    full = G.input_gradient_norms(lambda x: stack.apply(params, x), x, position=0)
+    assert np.all(np.asarray(full) > 0.0)
+
+
 def test_gradient_statistics_are_pure_pytree_reductions():
     grads = {"layers": [{"attn": {"w_q": jnp.full((2, 2), 1.0), "w_k": jnp.full((3,), 2.0)}},
                         {"attn": {"w_q": jnp.array([3.0, 4.0]), "w_k": jnp.zeros((1,))}}],
