@@ -19,6 +19,7 @@ time is written here.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -111,11 +112,13 @@ def _check_scalar_loss(loss_fn: Callable, *args) -> None:
 # ----------------------------------------------------------------------------- state gradients
 
 
+@functools.lru_cache(maxsize=64)
 def _perturbed_step(cell: Cell) -> Callable:
     """``cell.step`` with a perturbation added to the new carry: scanned input (x_t, eps_t).
 
     The output is re-read from the perturbed carry, so eps_t reaches the loss through
-    every path h_t takes: its own output y_t and all later steps.
+    every path h_t takes: its own output y_t and all later steps. Cached per cell so that
+    eager calls reuse :func:`~seqjax.recurrent.unroll`'s compilation.
     """
     def step(params: Params, carry: Carry, x_eps) -> tuple[Carry, Array]:
         x, eps = x_eps
