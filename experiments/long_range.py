@@ -49,6 +49,7 @@ class Config:
     batch_size: int = 32
     hidden: int = 64
     model_size: int = 32
+    transformer_layers: int = 2
     lr: float = 2e-3
     irnn_lr: float = 2e-4
     clip_norm: float = 1.0
@@ -96,7 +97,7 @@ def build_model(arch: str, spec: dict, cfg: Config) -> models.SequenceModel:
     if arch == "transformer":
         return models.transformer_sequence_model(models.TransformerSequenceConfig(
             output_size=spec["out"], input_size=spec["input_size"], vocab_size=spec["vocab"],
-            model_size=cfg.model_size, num_heads=2, ff_size=2 * cfg.model_size, num_layers=2,
+            model_size=cfg.model_size, num_heads=2, ff_size=2 * cfg.model_size, num_layers=cfg.transformer_layers,
             max_len=spec["T"], readout=spec["readout"]))
     return models.sequence_model(models.SequenceModelConfig(
         cell=arch, hidden_size=cfg.hidden, output_size=spec["out"], input_size=spec["input_size"],
@@ -221,7 +222,8 @@ def main(argv=None) -> Path:
     args = parse(argv)
     if args.quick:
         cfg = Config(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer"), steps=6,
-                     transformer_steps=6, batch_size=8, hidden=16, model_size=16, eval_size=32, eval_points=2,
+                     transformer_steps=6, batch_size=8, hidden=16, model_size=16, transformer_layers=1,
+                     eval_size=32, eval_points=2,
                      seed=args.seed)
     else:
         cfg = Config(tasks=tuple(args.tasks), models=tuple(args.models), steps=args.steps,
