@@ -1,7 +1,6 @@
 """Task samplers: determinism under a key, definitions on small cases, baselines from data."""
 
 import datetime
-import math
 
 import jax
 import jax.numpy as jnp

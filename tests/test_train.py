@@ -1,7 +1,6 @@
 """Training loop: the step, clipping, truncated BPTT, fit (resume, NaN guard, checkpoints), models."""
 
 import json
-import os
 import shutil
 
 import jax
