@@ -9,11 +9,23 @@ from seqjax import attention as A
 
 B, TQ, TK, N, K = 2, 3, 5, 2, 4
 
+# One compile per configuration instead of dozens of eager per-op compiles.
+sdpa = jax.jit(A.scaled_dot_product_attention,
+               static_argnames=("return_weights", "implementation", "dropout_rate", "scale"))
+
+
+def _randn(seed, shape, dtype=jnp.float32):
+    """Test data from NumPy: eager jax.random compiles threefry for every new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _randint(seed, shape, low, high):
+    return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
+
 
 def _qkv(seed=0, dtype=jnp.float32, tq=TQ, tk=TK):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(k1, (B, tq, N, K), dtype), jax.random.normal(k2, (B, tk, N, K), dtype),
-            jax.random.normal(k3, (B, tk, N, K), dtype))
+    return (_randn(3 * seed, (B, tq, N, K), dtype), _randn(3 * seed + 1, (B, tk, N, K), dtype),
+            _randn(3 * seed + 2, (B, tk, N, K), dtype))
 
 
 def _numpy_attention(q, k, v, mask=None, bias=None):
@@ -64,8 +76,8 @@ def test_mask_builders_match_numpy():
 def test_reference_matches_numpy_oracle_float64(x64):
     q, k, v = _qkv(dtype=jnp.float64)
     mask = _mask()
-    bias = jax.random.normal(jax.random.key(9), (1, N, TQ, TK), jnp.float64)
-    out, w = A.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias, return_weights=True)
+    bias = _randn(9, (1, N, TQ, TK), jnp.float64)
+    out, w = sdpa(q, k, v, mask=mask, bias=bias, return_weights=True)
     want_out, want_w = _numpy_attention(q, k, v, mask, bias)
     np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-12)
@@ -75,14 +87,14 @@ def test_reference_matches_numpy_oracle_float64(x64):
 def test_fast_path_equals_reference_path(with_bias):
     q, k, v = _qkv(1)
     mask = _mask()
-    bias = jax.random.normal(jax.random.key(3), (B, 1, TQ, TK)) if with_bias else None
-    fast = A.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias)
-    ref = A.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias, implementation="reference")
-    ref2, _ = A.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias, return_weights=True)
+    bias = _randn(3, (B, 1, TQ, TK)) if with_bias else None
+    fast = sdpa(q, k, v, mask=mask, bias=bias)
+    ref = sdpa(q, k, v, mask=mask, bias=bias, implementation="reference")
+    ref2, _ = sdpa(q, k, v, mask=mask, bias=bias, return_weights=True)
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ref, ref2)
-    gf = jax.grad(lambda q: jnp.sum(A.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias) ** 2))(q)
-    gr = jax.grad(lambda q: jnp.sum(A.scaled_dot_product_attention(
+    gf = jax.grad(lambda q: jnp.sum(sdpa(q, k, v, mask=mask, bias=bias) ** 2))(q)
+    gr = jax.grad(lambda q: jnp.sum(sdpa(
         q, k, v, mask=mask, bias=bias, implementation="reference") ** 2))(q)
     np.testing.assert_allclose(gf, gr, rtol=1e-4, atol=1e-6)
 
@@ -91,12 +103,12 @@ def test_fast_path_equals_reference_path(with_bias):
 def test_fully_masked_rows_give_zeros_and_finite_gradients(implementation):
     q, k, v = _qkv(2)
     mask = jnp.zeros((1, 1, TQ, TK), bool)
-    out = A.scaled_dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    out = sdpa(q, k, v, mask=mask, implementation=implementation)
     np.testing.assert_array_equal(out, 0.0)
-    g = jax.grad(lambda k: jnp.sum(A.scaled_dot_product_attention(
+    g = jax.grad(lambda k: jnp.sum(sdpa(
         q, k, v, mask=_mask(), implementation=implementation)))(k)
     assert np.isfinite(np.asarray(g)).all()
-    _, w = A.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+    _, w = sdpa(q, k, v, mask=mask, return_weights=True)
     np.testing.assert_array_equal(w, 0.0)
 
 
@@ -105,7 +117,7 @@ def test_causality_through_gradients():
     q, k, v = _qkv(4, tq=TK)
     mask = A.causal_mask(TK)
     for i in range(TK):
-        gk, gv = jax.grad(lambda k, v: jnp.sum(A.scaled_dot_product_attention(q, k, v, mask=mask)[:, i]),
+        gk, gv = jax.grad(lambda k, v: jnp.sum(sdpa(q, k, v, mask=mask)[:, i]),
                           argnums=(0, 1))(k, v)
         np.testing.assert_array_equal(gk[:, i + 1:], 0.0)
         np.testing.assert_array_equal(gv[:, i + 1:], 0.0)
@@ -116,22 +128,22 @@ def test_padding_invariance_through_gradients():
     q, k, v = _qkv(5)
     lengths = jnp.array([5, 2])
     mask = A.padding_mask(lengths, TK)
-    gk, gv = jax.grad(lambda k, v: jnp.sum(A.scaled_dot_product_attention(q, k, v, mask=mask) ** 2),
+    gk, gv = jax.grad(lambda k, v: jnp.sum(sdpa(q, k, v, mask=mask) ** 2),
                       argnums=(0, 1))(k, v)
     np.testing.assert_array_equal(gk[1, 2:], 0.0)
     np.testing.assert_array_equal(gv[1, 2:], 0.0)
     # and changing the padding changes nothing
     v2 = v.at[1, 2:].set(100.0)
-    np.testing.assert_array_equal(A.scaled_dot_product_attention(q, k, v, mask=mask),
-                                  A.scaled_dot_product_attention(q, k, v2, mask=mask))
+    np.testing.assert_array_equal(sdpa(q, k, v, mask=mask),
+                                  sdpa(q, k, v2, mask=mask))
 
 
 def test_attention_dropout_needs_a_key_and_is_reproducible():
     q, k, v = _qkv(6)
-    plain = A.scaled_dot_product_attention(q, k, v)
-    no_key = A.scaled_dot_product_attention(q, k, v, dropout_rate=0.5)
-    a = A.scaled_dot_product_attention(q, k, v, dropout_rate=0.5, dropout_key=jax.random.key(1))
-    b = A.scaled_dot_product_attention(q, k, v, dropout_rate=0.5, dropout_key=jax.random.key(1))
+    plain = sdpa(q, k, v)
+    no_key = sdpa(q, k, v, dropout_rate=0.5)
+    a = sdpa(q, k, v, dropout_rate=0.5, dropout_key=jax.random.key(1))
+    b = sdpa(q, k, v, dropout_rate=0.5, dropout_key=jax.random.key(1))
     np.testing.assert_allclose(no_key, plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(a - plain)).max() > 1e-3
@@ -158,10 +170,7 @@ def test_sdpa_bad_inputs_name_the_argument():
 def mha_setup():
     mha = A.multi_head_attention(num_heads=2, qkv_size=8, out_size=7)
     params = mha.init(jax.random.key(0), query_size=6, key_size=5, value_size=3)
-    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
-    q = jax.random.normal(kq, (B, TQ, 6))
-    k = jax.random.normal(kk, (B, TK, 5))
-    v = jax.random.normal(kv, (B, TK, 3))
+    q, k, v = _randn(10, (B, TQ, 6)), _randn(11, (B, TK, 5)), _randn(12, (B, TK, 3))
     return mha, params, q, k, v
 
 
@@ -170,7 +179,7 @@ def test_mha_params_layout_and_shapes(mha_setup):
     shapes = jax.tree.map(lambda a: a.shape, params)
     assert shapes == {"query": {"kernel": (6, 8), "bias": (8,)}, "key": {"kernel": (5, 8), "bias": (8,)},
                       "value": {"kernel": (3, 8), "bias": (8,)}, "out": {"kernel": (8, 7), "bias": (7,)}}
-    out, w = mha.apply(params, q, k, v, return_weights=True)
+    out, w = mha.apply_jit(params, q, k, v, return_weights=True)
     assert out.shape == (B, TQ, 7) and w.shape == (B, 2, TQ, TK)
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
 
@@ -233,8 +242,8 @@ def test_mha_parity_with_flax_linen(mha_setup):
     mapped["out"] = {"kernel": fp["out"]["kernel"].reshape(8, 7), "bias": fp["out"]["bias"]}
     assert jax.tree.structure(mapped) == jax.tree.structure(params)
     mask = A.combine_masks(A.padding_mask(jnp.array([5, 3]), TK), A.causal_mask(TQ, TK, offset=1))
-    want = flax_mha.apply({"params": fp}, q, k, v5, mask=mask)
-    np.testing.assert_allclose(mha.apply(mapped, q, k, v5, mask=mask), want, rtol=1e-5, atol=1e-6)
+    want = jax.jit(flax_mha.apply)({"params": fp}, q, k, v5, mask=mask)
+    np.testing.assert_allclose(mha.apply_jit(mapped, q, k, v5, mask=mask), want, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Bahdanau / Luong
@@ -243,11 +252,10 @@ def test_mha_parity_with_flax_linen(mha_setup):
 def test_additive_attention_matches_formula_and_masks():
     att = A.additive_attention(hidden_size=5)
     params = att.init(jax.random.key(0), query_size=3, key_size=4)
-    kq, kk = jax.random.split(jax.random.key(1))
-    query = jax.random.normal(kq, (B, 3))
-    keys = jax.random.normal(kk, (B, TK, 4))
+    query, keys = _randn(20, (B, 3)), _randn(21, (B, TK, 4))
     mask = A.padding_mask(jnp.array([5, 2]), TK)[:, 0]                        # (B, 1, T)
-    ctx, w = att.apply(params, query, keys, mask=mask)
+    apply = jax.jit(att.apply)
+    ctx, w = apply(params, query, keys, mask=mask)
     p = jax.tree.map(np.asarray, params)
     e = np.tanh((np.asarray(query) @ p["query"]["kernel"])[:, None] + np.asarray(keys) @ p["key"]["kernel"]
                 + p["key"]["bias"]) @ p["energy"]["kernel"][:, 0]
@@ -258,9 +266,9 @@ def test_additive_attention_matches_formula_and_masks():
     np.testing.assert_allclose(ctx, np.einsum("bt,bte->be", want_w, keys), rtol=1e-5, atol=1e-6)
     # all queries at once == one at a time; precomputed keys == on the fly
     qs = jnp.stack([query, 2 * query], 1)
-    ctx_s, _ = att.apply(params, qs, keys, mask=mask, projected_keys=att.project_keys(params, keys))
+    ctx_s, _ = apply(params, qs, keys, mask=mask, projected_keys=att.project_keys(params, keys))
     np.testing.assert_allclose(ctx_s[:, 0], ctx, rtol=1e-5, atol=1e-6)
-    ctx0, w0 = att.apply(params, query, keys, mask=jnp.zeros((B, 1, TK), bool))
+    ctx0, w0 = apply(params, query, keys, mask=jnp.zeros((B, 1, TK), bool))
     np.testing.assert_array_equal(ctx0, 0.0)
 
 
@@ -268,11 +276,8 @@ def test_additive_attention_matches_formula_and_masks():
 def test_luong_attention_matches_formula(score):
     att = A.luong_attention(score)
     params = att.init(jax.random.key(0), 4, 4)
-    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
-    query = jax.random.normal(kq, (B, 4))
-    keys = jax.random.normal(kk, (B, TK, 4))
-    values = jax.random.normal(kv, (B, TK, 6))
-    ctx, w = att.apply(params, query, keys, values)
+    query, keys, values = _randn(30, (B, 4)), _randn(31, (B, TK, 4)), _randn(32, (B, TK, 6))
+    ctx, w = jax.jit(att.apply)(params, query, keys, values)
     qa = np.asarray(query) @ np.asarray(params["kernel"]) if score == "general" else np.asarray(query)
     e = np.einsum("be,bte->bt", qa, keys)
     want_w = np.exp(e - e.max(-1, keepdims=True))

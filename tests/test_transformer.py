@@ -14,6 +14,15 @@ PAD, SOS, EOS = 0, 1, 2
 V = 7
 
 
+def _randn(seed, shape, dtype=jnp.float32):
+    """Test data from NumPy: eager jax.random compiles threefry for every new shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _randint(seed, shape, low, high):
+    return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
+
+
 def _cfg(norm_first=False, **kw):
     base = dict(model_size=8, num_heads=2, ff_size=16, num_encoder_layers=2, num_decoder_layers=2,
                 max_len=12, norm_first=norm_first)
@@ -25,8 +34,8 @@ def _seq2seq(norm_first):
     model = T.transformer(_cfg(norm_first, positional="learned" if norm_first else "sinusoidal",
                                tie_embeddings=not norm_first))
     params = model.init(jax.random.key(0))
-    src = jax.random.randint(jax.random.key(1), (3, 6), 3, V)
-    tgt = jax.random.randint(jax.random.key(2), (3, 5), 1, V)
+    src = _randint(1, (3, 6), 3, V)
+    tgt = _randint(2, (3, 5), 1, V)
     return model, params, src, tgt
 
 
@@ -71,7 +80,7 @@ def test_pre_ln_with_zeroed_branches_is_the_identity():
         for p in params["layers"]:
             p["self_attn"]["out"] = jax.tree.map(jnp.zeros_like, p["self_attn"]["out"])
             p["ff"]["linear2"] = jax.tree.map(jnp.zeros_like, p["ff"]["linear2"])
-        x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+        x = _randn(1, (2, 5, 8))
         y = enc.apply_jit(params, x)
         want = x
         if not norm_first:
@@ -115,8 +124,8 @@ def test_decoder_causality_through_gradients():
     cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2, norm_first=True, final_norm=True)
     dec = T.decoder(cfg)
     params = dec.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
-    mem = jax.random.normal(jax.random.key(2), (2, 4, 8))
+    x = _randn(1, (2, 5, 8))
+    mem = _randn(2, (2, 4, 8))
     grad = jax.jit(jax.grad(lambda x, i: jnp.sum(dec.apply(params, x, mem, tgt_mask=A.causal_mask(5))[:, i] ** 2)))
     for i in range(5):
         g = grad(x, i)
@@ -142,7 +151,7 @@ def test_encoder_padding_invariance_through_gradients():
     cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2)
     enc = T.encoder(cfg)
     params = enc.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    x = _randn(1, (2, 5, 8))
     mask = A.padding_mask(jnp.array([5, 3]), 5)
     g = jax.grad(lambda x: jnp.sum(enc.apply(params, x, mask=mask)[1, :3] ** 2))(x)
     np.testing.assert_array_equal(g[1, 3:], 0.0)
@@ -181,7 +190,7 @@ def test_kv_cache_equals_full_recomputation(both):
 
 def test_lm_kv_cache_equals_full_recomputation_and_causality(lm):
     model, params = lm
-    toks = jax.random.randint(jax.random.key(4), (2, 9), 0, V)
+    toks = _randint(4, (2, 9), 0, V)
     full = model.apply_jit(params, toks)
     state = model.init_decode(params, 2, 9)
     prefill, state = model.decode_step(params, state, toks[:, :4])
@@ -271,8 +280,8 @@ def test_wide_beam_finds_the_exhaustive_optimum_with_length_penalty():
 
 def test_label_smoothed_cross_entropy_matches_torch():
     torch = pytest.importorskip("torch", reason="the loss oracle is torch.nn.functional.cross_entropy")
-    logits = jax.random.normal(jax.random.key(0), (3, 4, V))
-    targets = jax.random.randint(jax.random.key(1), (3, 4), 0, V).at[0, 2:].set(PAD)
+    logits = _randn(0, (3, 4, V))
+    targets = _randint(1, (3, 4), 0, V).at[0, 2:].set(PAD)
     for eps in (0.0, 0.1):
         want = torch.nn.functional.cross_entropy(
             torch.tensor(np.asarray(logits)).reshape(-1, V), torch.tensor(np.asarray(targets), dtype=torch.long).reshape(-1),
