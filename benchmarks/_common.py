@@ -96,6 +96,9 @@ def machine_info(packages: Sequence[str] = ("jax", "jaxlib", "flax", "equinox", 
         "python": sys.version.split()[0],
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {name: _version(name) for name in packages},
+        # threading knobs change results (e.g. OpenMP spin-waiting under oversubscription)
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "XLA_FLAGS", "JAX_PLATFORMS") if k in os.environ},
     }
     try:
         import jax
@@ -111,8 +114,11 @@ def machine_info(packages: Sequence[str] = ("jax", "jaxlib", "flax", "equinox", 
 def machine_line(info: Mapping[str, Any]) -> str:
     """One markdown line describing the machine and the versions."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    env = "".join(f", {k}={v}" for k, v in info.get("env", {}).items())
+    load = info.get("loadavg_at_start")
+    load = f", 1-min load average at start {load[0]:.1f}" if load else ""
     return (f"{info['cpu']}, {info['usable_cpus'] or info['logical_cpus']} CPUs "
-            f"({info.get('jax_backend', '?')} backend), Python {info['python']}; {versions}")
+            f"({info.get('jax_backend', '?')} backend), Python {info['python']}; {versions}{env}{load}")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

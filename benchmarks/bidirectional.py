@@ -80,6 +80,7 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
     command = "python benchmarks/bidirectional.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    machine = _common.machine_info(packages=("jax", "jaxlib", "numpy"))   # load average before compute
     B, T, I, H = args.workload
     x = jax.random.normal(jax.random.key(0), (B, T, I), jnp.float32)
     lengths = jnp.maximum(1, T - jnp.arange(B) * (T // (2 * B) or 1)).astype(jnp.int32)  # varied, max T
@@ -109,7 +110,7 @@ def main(argv=None) -> dict[str, Any]:
         row["ratio"] = row["median_ms"] / ref["median_ms"]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "bidirectional", "config": config, "command": command.strip(),
-               "machine": _common.machine_info(packages=("jax", "jaxlib", "numpy")), "rows": rows,
+               "machine": machine, "rows": rows,
                "lengths": lengths, "loadavg_at_end": list(os.getloadavg())}
     table = _common.markdown_table(["cell", "variant", "fwd+bwd ms", "vs two scans", "max rel. grad diff"],
                                    [[r["cell"], r["variant"], r["median_ms"], f"{r['ratio']:.2f}x",

@@ -309,6 +309,7 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
     command = "python benchmarks/fused_backward.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    machine = _common.machine_info(packages=("jax", "jaxlib", "numpy"))   # load average before compute
     B, T, I, H = args.workload
     x_bm = jax.random.normal(jax.random.key(0), (B, T, I), jnp.float32)
     fns, errors = {}, {}
@@ -343,7 +344,7 @@ def main(argv=None) -> dict[str, Any]:
         row["ratio_to_autodiff"] = row["median_ms"] / ref["median_ms"]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "fused_backward", "config": config, "command": command.strip(),
-               "machine": _common.machine_info(packages=("jax", "jaxlib", "numpy")), "rows": rows,
+               "machine": machine, "rows": rows,
                "loadavg_at_end": list(os.getloadavg())}
     table = _common.markdown_table(
         ["cell", "variant", "fwd+bwd ms", "vs autodiff", "max rel. grad error"],

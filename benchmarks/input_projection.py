@@ -141,7 +141,7 @@ def markdown(payload: dict[str, Any]) -> str:
              "faster than computing `x_t @ W_ih` inside each step.\n"]
     for w in payload["config"]["workloads"]:
         B, T, I, H = w
-        rows = [r for r in payload["rows"] if tuple(r["workload"].values()) == tuple(w)]
+        rows = [r for r in payload["rows"] if tuple(r["workload"][k] for k in "BTIH") == tuple(w)]
         table = []
         for name in payload["config"]["cells"]:
             for variant in VARIANTS:
@@ -164,13 +164,14 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
     command = "python benchmarks/input_projection.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    machine = _common.machine_info(packages=("jax", "jaxlib", "numpy"))   # load average before compute
     rows = []
     for workload in args.workloads:
         print(f"workload B,T,I,H = {workload}", flush=True)
         rows += run_workload(workload, args.cells, args.rounds, args.number)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "input_projection", "config": config, "command": command.strip(),
-               "machine": _common.machine_info(packages=("jax", "jaxlib", "numpy")), "rows": rows,
+               "machine": machine, "rows": rows,
                "loadavg_at_end": list(os.getloadavg())}
     text = markdown(payload)
     _common.write_results(out_dir, "input_projection", payload, text)

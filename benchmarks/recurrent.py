@@ -9,6 +9,11 @@ PyTorch for the same cell (PyTorch = 1.00x). Run::
     .venv/bin/python benchmarks/recurrent.py                 # ANCHORS §4 workload
     .venv/bin/python benchmarks/recurrent.py --quick --out /tmp/bench   # smoke test
 
+On a machine shared with other jobs, PyTorch's OpenMP threads spin-wait and its
+times explode (seen here: 0.7-4 s instead of ~0.15 s per LSTM call at load average
+10 on 2 cores); run with ``OMP_WAIT_POLICY=PASSIVE`` there. The machine line records
+such variables and the load average.
+
 Peers, as a user of each library would write them:
 
 - seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``.
@@ -224,7 +229,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"B={c['batch']}, T={c['time']}, I={c['input']}, H={c['hidden']}, float32, one layer, "
             f"one direction; medians of {c['rounds']} interleaved rounds x {c['number']} calls, "
             f"one process ({base} = 1.00x, lower is better).\n\n{table}\n"
-            f"Machine: {_common.machine_line(payload['machine'])}.\n\n"
+            f"Machine: {_common.machine_line(payload['machine'])}; at the end "
+            f"{payload['loadavg_at_end'][0]:.1f}.\n\n"
             f"Command: `{payload['command']}`\n")
 
 
@@ -232,7 +238,8 @@ def main(argv=None) -> dict[str, Any]:
     """Run the benchmark, print the table, write ``recurrent.json`` and ``recurrent.md``."""
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
-    command = "python benchmarks/recurrent.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY",) if k in os.environ)
+    command = env + "python benchmarks/recurrent.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
                                   args.torch_threads, args.prototypes)
     machine = _common.machine_info()    # after build_candidates: records the torch threads used
