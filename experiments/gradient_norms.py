@@ -52,7 +52,7 @@ class Config:
     length: int = 100            # T (adding: sequence length; copying: the delay)
     hidden_size: int = 64        # H for recurrent cells, D for Transformers
     seeds: int = 3
-    steps: int = 150             # training steps between the two measurements
+    steps: int = 120             # training steps between the two measurements
     batch_size: int = 32
     eval_batch_size: int = 32
     learning_rate: float = 1e-3

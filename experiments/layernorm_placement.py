@@ -89,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     kw = dict(num_layers=args.num_layers, model_size=args.model_size, seeds=args.seeds)
-    if args.quick:
-        kw.update(model_size=16, ff_size=32, length=8, batch_size=4, seeds=2)
+    if args.quick:   # 3 layers, not 6, unless --num-layers says otherwise
+        kw.update(model_size=16, ff_size=32, length=8, batch_size=4, seeds=2,
+                  num_layers=3 if args.num_layers == Config().num_layers else args.num_layers)
     cfg = Config(**kw)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
