@@ -14,11 +14,16 @@ never NaN (the failure of PyTorch issues 41508 and 103749).
 Two paths compute :func:`scaled_dot_product_attention`:
 
 * the fast path, ``jax.nn.dot_product_attention`` (its ``implementation`` argument is
-  passed through, so ``"cudnn"`` runs flash attention on GPU), used when neither the
-  weights nor attention dropout are requested (and not for float64, whose softmax
-  it would round to float32);
-* the reference path, written out below, which can return the weights and apply
-  dropout to them. The tests check the two agree.
+  passed through, so ``"cudnn"`` runs flash attention on GPU);
+* the reference path, written out below with heads moved in front of time, which can
+  return the weights and apply dropout to them. The tests check the two agree.
+
+``implementation=None`` (the default) takes the fast path on GPU/TPU and the
+reference path on CPU, where XLA:CPU ran it about 20% faster forward + backward
+(``benchmarks/attention.py``); ``"xla"`` or ``"cudnn"`` force the fast path and
+``"reference"`` the reference path. Returning weights, attention dropout and float64
+(whose softmax ``jax.nn.dot_product_attention`` rounds to float32) always use the
+reference path.
 
 Multi-head attention (Vaswani et al. 2017, "Attention is all you need", §3.2.2):
 
@@ -54,8 +59,8 @@ __all__ = [
     "IMPLEMENTATIONS",
 ]
 
-#: Values of ``implementation``: None/"xla"/"cudnn" go to ``jax.nn.dot_product_attention``
-#: when possible; "reference" forces the written-out path.
+#: Values of ``implementation``: "xla"/"cudnn" go to ``jax.nn.dot_product_attention`` when
+#: possible, "reference" forces the written-out path, None picks by backend (module docstring).
 IMPLEMENTATIONS = (None, "xla", "cudnn", "reference")
 
 
@@ -206,10 +211,17 @@ def _large_negative(dtype) -> float:
 
 
 def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
-    """Written-out attention; returns (out (B, Tq, N, Kv), weights (B, N, Tq, Tk))."""
-    logits = jnp.einsum("bqnk,btnk->bnqt", q, k,
-                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
-    logits = logits * scale                                                   # (B, N, Tq, Tk)
+    """Written-out attention; returns (out (B, Tq, N, Kv), weights (B, N, Tq, Tk)).
+
+    Heads are moved in front of time first (``att_BxNxQxT``), so both products are
+    plain batched matmuls over (B, N); on XLA:CPU this measured ~20% faster (forward
+    + backward) than ``jax.nn.dot_product_attention`` (benchmarks/attention.py).
+    """
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    q_BxNxQxK = jnp.swapaxes(q, 1, 2) * jnp.asarray(scale, q.dtype)         # scale the smaller operand
+    k_BxNxTxK = jnp.swapaxes(k, 1, 2)
+    v_BxNxTxK = jnp.swapaxes(v, 1, 2)
+    logits = jnp.einsum("bnqk,bntk->bnqt", q_BxNxQxK, k_BxNxTxK, preferred_element_type=acc)
     if bias is not None:
         logits = logits + bias
     if mask is not None:
@@ -223,8 +235,8 @@ def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
     if dropout_rate > 0.0 and dropout_key is not None:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
         dropped = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0).astype(v.dtype)
-    out = jnp.einsum("bnqt,btnv->bqnv", dropped, v)
-    return out, weights
+    out_BxNxQxK = jnp.einsum("bnqt,bntk->bnqk", dropped, v_BxNxTxK)
+    return jnp.swapaxes(out_BxNxQxK, 1, 2), weights
 
 
 def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
@@ -249,8 +261,8 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
         ``dropout_key`` is given (so the default is deterministic).
       dropout_key: PRNG key for dropout.
       return_weights: also return the (undropped) weights (B, N, Tq, Tk).
-      implementation: None/"xla"/"cudnn" (passed to ``jax.nn.dot_product_attention``
-        on the fast path) or "reference" (always the written-out path).
+      implementation: None (fast path on GPU/TPU, reference path on CPU), "xla" or
+        "cudnn" (``jax.nn.dot_product_attention``, passed through) or "reference".
       scale: logit scale, default ``1/sqrt(K)``.
 
     Returns:
@@ -280,9 +292,9 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
     scale = 1.0 / math.sqrt(K) if scale is None else float(scale)
 
     use_dropout = dropout_rate > 0.0 and dropout_key is not None
+    fast = implementation in ("xla", "cudnn") or (implementation is None and jax.default_backend() != "cpu")
     # jax.nn.dot_product_attention computes its softmax in float32: float64 stays on the reference.
-    if (return_weights or use_dropout or implementation == "reference" or v.shape[-1] != K
-            or q.dtype == jnp.float64):
+    if not fast or return_weights or use_dropout or v.shape[-1] != K or q.dtype == jnp.float64:
         out, weights = _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key)
         return (out, weights) if return_weights else out
 
@@ -445,16 +457,8 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         if q.shape[0] != k.shape[0]:
             raise ValueError(f"q and k must have the same batch size; got {q.shape[0]} and {k.shape[0]}")
         check_mask(mask, (q.shape[0], N, q.shape[1], k.shape[1]))
-        if q is k and k is v:
-            # Self-attention: one fused (E, 3D) projection instead of three matmuls.
-            w = jnp.concatenate([params[n]["kernel"] for n in ("query", "key", "value")], axis=1)
-            qkv = q @ w
-            if use_bias:
-                qkv = qkv + jnp.concatenate([params[n]["bias"] for n in ("query", "key", "value")])
-            qkv = qkv.reshape(*q.shape[:-1], 3, N, K)                        # (B, T, 3, N, K)
-            qh, kh, vh = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        else:
-            qh, kh, vh = heads(params, "query", q), heads(params, "key", k), heads(params, "value", v)
+        # (A fused (E, 3D) QKV projection for self-attention measured no faster on XLA:CPU.)
+        qh, kh, vh = heads(params, "query", q), heads(params, "key", k), heads(params, "value", v)
         return attend(params, qh, kh, vh, mask=mask, bias=bias, return_weights=return_weights,
                       dropout_key=dropout_key)
 
