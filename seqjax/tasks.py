@@ -734,28 +734,40 @@ def text_file(path: str | os.PathLike, *, encoding: str = "utf-8",
 def stdlib_corpus(*, max_chars: int = 1_000_000, valid_fraction: float = 0.1) -> CharCorpus:
     """An offline real corpus: the Python standard library's own source.
 
-    The top-level ``*.py`` files of ``sysconfig.get_paths()["stdlib"]``, in sorted
-    order, concatenated until ``max_chars``. Characters outside printable ASCII, tab
-    and newline become ``"?"`` (a compact vocabulary, V <= 98).
+    The top-level ``*.py`` files of ``sysconfig.get_paths()["stdlib"]`` in sorted order
+    (without the generated ``_sysconfigdata*`` build tables), read until ``max_chars``
+    characters. The last ``valid_fraction`` of every file (cut at a line break) goes to the
+    validation split, the rest to training, so both splits hold the same mix of modules.
+    Characters outside
+    printable ASCII, tab and newline become ``"?"`` (a compact vocabulary, V <= 98).
     """
     max_chars = _check_int(max_chars, "max_chars", 100)
+    valid_fraction = float(valid_fraction)
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(root.glob("*.py"))
+    files = [f for f in sorted(root.glob("*.py")) if not f.name.startswith("_sysconfigdata")]
     if not files:
         raise FileNotFoundError(f"no *.py files in the standard library directory {str(root)!r}")
     allowed = set(chr(c) for c in range(32, 127)) | {"\n", "\t"}
-    parts, total = [], 0
+    train_parts, valid_parts, total = [], [], 0
     for f in files:
         try:
             text = f.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        text = "".join(c if c in allowed else "?" for c in text)
-        parts.append(text)
+        text = "".join(c if c in allowed else "?" for c in text)[: max_chars - total]
+        cut = text.rfind("\n", 0, int(len(text) * (1.0 - valid_fraction))) + 1
+        train_parts.append(text[:cut])
+        valid_parts.append(text[cut:])
         total += len(text)
         if total >= max_chars:
             break
-    return _corpus("".join(parts)[:max_chars], valid_fraction)
+    train_text, valid_text = "".join(train_parts), "".join(valid_parts)
+    if len(valid_text) < 2:          # a tiny max_chars: evaluate on the training text
+        valid_text = train_text
+    vocab = char_vocab(train_text + valid_text)
+    return CharCorpus(jnp.asarray(vocab.encode(train_text)), jnp.asarray(vocab.encode(valid_text)), vocab)
 
 
 def lm_windows(key: PRNGKey, tokens: Array, batch_size: int, seq_len: int) -> LMBatch:

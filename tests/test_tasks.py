@@ -175,11 +175,17 @@ def test_unigram_baseline_matches_entropy():
 
 
 def test_stdlib_corpus():
-    corpus = tasks.stdlib_corpus(max_chars=20000)
-    assert corpus.train.shape[0] + corpus.valid.shape[0] == 20000
+    corpus = tasks.stdlib_corpus(max_chars=60000)
+    assert corpus.train.shape[0] + corpus.valid.shape[0] == 60000
+    assert 0.08 < corpus.valid.shape[0] / 60000 < 0.12
     text = corpus.vocab.decode(corpus.train)
-    assert "def " in text and "import" in text
+    assert "def " in text and "import" in text and "ABIFLAGS" not in text
     assert corpus.vocab.size <= 98
+    # both splits hold the same mix of modules: the unigram model transfers
+    V = corpus.vocab.size
+    gap = tasks.unigram_bits_per_char(corpus.train, corpus.valid, V) - \
+        tasks.unigram_bits_per_char(corpus.train, corpus.train, V)
+    assert abs(gap) < 0.3
 
 
 def test_text_file_errors(tmp_path):
