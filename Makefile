@@ -25,7 +25,7 @@ $(TEST_STAMP): $(STAMP)
 venv: $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) experiments/hello_lstm.py
+	$(PY) experiments/gradient_norms.py
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --durations=15 -q
