@@ -174,6 +174,14 @@ def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden:
     return candidates
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=32, help="B (default 32)")
@@ -190,7 +198,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads (default: PyTorch's own default, as users get it)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: B=2, T=8, I=8, H=16, 2 rounds of 1 call, 1 warm-up")
+                   help="smoke test: B=2, T=8, I=8, H=16, 2 rounds of 1 call, 1 warm-up, 1 torch thread")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output directory for recurrent.json and recurrent.md (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
@@ -199,6 +207,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.batch, args.time, args.input, args.hidden = 2, 8, 8, 16
         args.rounds, args.number, args.warmup = 2, 1, 1
+        if args.torch_threads is None:   # a smoke test: avoid OpenMP spin-waits on busy machines
+            args.torch_threads = 1
     for name in ("batch", "time", "input", "hidden", "rounds", "number"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -240,12 +250,18 @@ def main(argv=None) -> dict[str, Any]:
     out_dir = io.ensure_writable_dir(args.out, "--out")
     env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY",) if k in os.environ)
     command = env + "python benchmarks/recurrent.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
-                                  args.torch_threads, args.prototypes)
-    machine = _common.machine_info()    # after build_candidates: records the torch threads used
-    print(f"timing {len(candidates)} candidates: {args.rounds} rounds x {args.number} calls", flush=True)
-    times = _common.time_interleaved({f"{c}/{i}": fn for c, i, fn in candidates}, rounds=args.rounds,
-                                     number=args.number, warmup=args.warmup)
+    torch_threads_before = _torch_threads()
+    try:
+        candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
+                                      args.torch_threads, args.prototypes)
+        machine = _common.machine_info()    # after build_candidates: records the torch threads used
+        print(f"timing {len(candidates)} candidates: {args.rounds} rounds x {args.number} calls", flush=True)
+        times = _common.time_interleaved({f"{c}/{i}": fn for c, i, fn in candidates}, rounds=args.rounds,
+                                         number=args.number, warmup=args.warmup)
+    finally:     # --torch-threads must not leak into the caller's process (tests run in-process)
+        if torch_threads_before is not None:
+            import torch
+            torch.set_num_threads(torch_threads_before)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "recurrent", "config": config, "command": command.strip(),
                "machine": machine, "rows": _rows(candidates, times),

@@ -16,10 +16,13 @@ def _import(monkeypatch, module: str):
 
 @pytest.mark.slow
 def test_recurrent_quick_writes_every_row(tmp_path, monkeypatch):
-    pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
+    torch = pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
     pytest.importorskip("equinox", reason="the Equinox rows need equinox (the `test` extra)")
     bench = _import(monkeypatch, "benchmarks.recurrent")
+    threads = torch.get_num_threads()
     payload = bench.main(["--quick", "--out", str(tmp_path)])
+    assert torch.get_num_threads() == threads          # --quick's 1 torch thread does not leak
+    assert payload["machine"]["torch_threads"] == 1
 
     written = json.loads((tmp_path / "recurrent.json").read_text())
     expected = {("lstm", "seqjax"), ("lstm", "Flax LSTMCell"), ("lstm", "Flax OptimizedLSTMCell"),
