@@ -246,13 +246,12 @@ def markdown(payload: dict[str, Any]) -> str:
         ["workload", "implementation", "median ms", "IQR ms", f"vs {base}"],
         [[TITLES[r["workload"]], r["implementation"], r["median_ms"], f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}",
           f"{r['ratio']:.2f}x"] for r in payload["rows"]])
-    load = payload["machine"].get("loadavg_at_start")
     return (f"### Attention: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, D={c['model']}, {c['heads']} heads, F={c['ff']} (encoder layer), "
             f"float32, self-attention, no mask, no dropout; medians of {c['rounds']} interleaved rounds x "
             f"{c['number']} calls, one process ({base} = 1.00x, lower is better).\n\n{table}\n"
-            f"Machine: {_common.machine_line(payload['machine'])}. Load average at start/end: "
-            f"{load} / {payload['loadavg_at_end']}.\n\nCommand: `{payload['command']}`\n")
+            f"Machine: {_common.machine_line(payload['machine'])}; load average (1, 5, 15 min) at the end "
+            f"{[round(v, 1) for v in payload['loadavg_at_end']]}.\n\nCommand: `{payload['command']}`\n")
 
 
 def main(argv=None) -> dict[str, Any]:
