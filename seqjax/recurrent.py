@@ -16,6 +16,18 @@ sequences are right-padded, the final state of each sequence is its state at its
 own last valid step, the reverse direction starts there, and nothing in the padding
 can change any valid output (the gradient of valid outputs w.r.t. padded inputs is
 exactly zero).
+
+``layer(..., fused_backward=True)`` swaps autodiff of the scan for a hand-written
+backward pass (``jax.custom_vjp``, in the private ``seqjax._fused``): the backward
+scan only carries dh (and dc) and emits the gate gradients; dW_ih, dW_hh, the
+biases and dx are then one large matmul each over all T*B rows, as cuDNN does.
+Same forward, same padding semantics, gradients equal to autodiff's up to float
+rounding; faster reverse mode (``benchmarks/results/recurrent.md``), but no
+forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``).
+
+Measured layout choice: ``x_t @ W_ih`` is computed inside each step: on XLA:CPU
+hoisting it out of the scan measured 1.6-1.9x slower for LSTM/GRU forward+backward
+at B=32, T=128, I=128, H=256 (``benchmarks/results/input_projection.md``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import _fused
 from seqjax.cells import Cell, LSTMState
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
@@ -130,12 +143,14 @@ def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
 
 
 class RecurrentConfig(NamedTuple):
-    """Static facts of a layer: its cell, depth, directions and dropout rate."""
+    """Static facts of a layer: its cell, depth, directions, dropout rate, and
+    whether the hand-written backward pass is used (see :func:`layer`)."""
 
     cell: Cell
     num_layers: int
     bidirectional: bool
     dropout: float
+    fused_backward: bool = False
 
     @property
     def num_directions(self) -> int:
@@ -191,7 +206,7 @@ def _split_initial(initial_carry: Carry, index: int) -> Carry:
 
 
 def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
-          dropout: float = 0.0) -> Recurrent:
+          dropout: float = 0.0, fused_backward: bool = False) -> Recurrent:
     """A multi-layer, optionally bidirectional, variable-length recurrent layer.
 
     Args:
@@ -201,6 +216,16 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         [forward, backward] on the feature axis.
       dropout: rate in [0, 1) applied to the outputs of every layer but the last,
         as ``torch.nn.LSTM(dropout=...)`` does in training mode.
+      fused_backward: run each (layer, direction) through a scan with a
+        hand-written backward pass (``jax.custom_vjp``): the backward scan only
+        carries dh (and dc) and emits gate gradients, then dW_ih, dW_hh, the biases
+        and dx are one matmul each after the loop (cuDNN's scheme). Same outputs and
+        padding semantics; gradients equal autodiff's up to float rounding; faster
+        reverse mode (measured in ``benchmarks/results/recurrent.md``). Forward-mode
+        differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) through the
+        layer is NOT supported with it, nor are second derivatives. Supported cells:
+        ``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_linear"``
+        (by ``cell.name``); any other cell raises ValueError here.
 
     Returns:
       A :class:`Recurrent` whose ``apply(params, x, *, lengths=None,
@@ -222,7 +247,12 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
     dropout = float(dropout)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    config = RecurrentConfig(cell, num_layers, bool(bidirectional), dropout)
+    if not isinstance(fused_backward, (bool, np.bool_)):
+        raise TypeError(f"fused_backward must be a bool, got {fused_backward!r}")
+    if fused_backward and cell.name not in _fused.SUPPORTED_CELLS:
+        raise ValueError(f"fused_backward=True supports the cells {list(_fused.SUPPORTED_CELLS)} "
+                         f"(by cell.name), got a cell named {cell.name!r}; use fused_backward=False")
+    config = RecurrentConfig(cell, num_layers, bool(bidirectional), dropout, bool(fused_backward))
     directions = ("forward", "backward") if bidirectional else ("forward",)
     H = cell.hidden_size
     ND = len(directions)
@@ -291,8 +321,12 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             outs = []
             for j, d in enumerate(directions):
                 c0 = _split_initial(initial_carry, k * ND + j)
-                final, ys = unroll(cell.step, params["layers"][k][d], c0, h,
-                                   lengths=lengths, reverse=(d == "backward"))
+                if fused_backward:
+                    final, ys = _fused.fused_unroll(cell.name, params["layers"][k][d], c0, h,
+                                                    lengths=lengths, reverse=(d == "backward"))
+                else:
+                    final, ys = unroll(cell.step, params["layers"][k][d], c0, h,
+                                       lengths=lengths, reverse=(d == "backward"))
                 finals.append(final)
                 outs.append(ys)
             h = outs[0] if ND == 1 else jnp.concatenate(outs, axis=-1)   # (B, T, ND*H)
