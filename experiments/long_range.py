@@ -56,6 +56,7 @@ class Config:
     eval_size: int = 512
     eval_points: int = 10
     seed: int = 0
+    pairs: tuple[tuple[str, str], ...] | None = None   # (task, model) runs; None: every combination
 
     def __post_init__(self):
         for t in self.tasks:
@@ -64,6 +65,10 @@ class Config:
         for m in self.models:
             if m not in MODELS:
                 raise ValueError(f"unknown architecture {m!r}; expected some of {list(MODELS)}")
+        for t, m in self.pairs or ():
+            if t not in TASKS or m not in MODELS:
+                raise ValueError(f"pairs must be (task, model) with task in {list(TASKS)} and model in "
+                                 f"{list(MODELS)}, got {(t, m)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps < 1 or self.transformer_steps < 1:
@@ -213,7 +218,7 @@ def parse(argv):
     p.add_argument("--eval-size", type=int, default=Config.eval_size)
     p.add_argument("--seed", type=int, default=Config.seed)
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
-    p.add_argument("--quick", action="store_true", help="tiny run for tests (3 tasks x 2 models, 6 steps)")
+    p.add_argument("--quick", action="store_true", help="tiny run for tests (3 runs of 6 steps)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -221,10 +226,10 @@ def parse(argv):
 def main(argv=None) -> Path:
     args = parse(argv)
     if args.quick:
-        cfg = Config(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer"), steps=6,
+        cfg = Config(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer", "gru"), steps=6,
                      transformer_steps=6, batch_size=8, hidden=16, model_size=16, transformer_layers=1,
-                     eval_size=32, eval_points=2,
-                     seed=args.seed)
+                     eval_size=32, eval_points=2, seed=args.seed,
+                     pairs=(("adding100", "irnn"), ("copying100", "transformer"), ("digits", "gru")))
     else:
         cfg = Config(tasks=tuple(args.tasks), models=tuple(args.models), steps=args.steps,
                      transformer_steps=args.transformer_steps, batch_size=args.batch_size, hidden=args.hidden,
@@ -234,11 +239,11 @@ def main(argv=None) -> Path:
     io.save_json(out_dir / "config.json", {**dataclasses.asdict(cfg), "devices": jax.device_count(),
                                            "backend": jax.default_backend()})
     rows = []
-    for task in cfg.tasks:
-        for arch in cfg.models:
-            rows.append(run_one(task, arch, cfg, out_dir, args.resume, not args.no_progress))
-            print(f"{task:>10} {arch:>11}: test {rows[-1]['metric']} {rows[-1]['test']:.4f} "
-                  f"(chance {rows[-1]['chance']:.4f}) in {rows[-1]['seconds']:.0f}s", flush=True)
+    pairs = cfg.pairs or tuple((t, m) for t in cfg.tasks for m in cfg.models)
+    for task, arch in pairs:
+        rows.append(run_one(task, arch, cfg, out_dir, args.resume, not args.no_progress))
+        print(f"{task:>10} {arch:>11}: test {rows[-1]['metric']} {rows[-1]['test']:.4f} "
+              f"(chance {rows[-1]['chance']:.4f}) in {rows[-1]['seconds']:.0f}s", flush=True)
     curves = [{"task": r["task"], "model": r["model"], "metric": r["metric"], "step": s, "value": v}
               for r in rows for s, v in r["curve"]]
     table = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
