@@ -16,7 +16,10 @@ such variables and the load average.
 
 Peers, as a user of each library would write them:
 
-- seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``.
+- seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``;
+  "seqjax fused" is the same layer with ``fused_backward=True`` (a hand-written
+  backward pass: the backward scan only carries dh/dc, then one matmul per weight
+  gradient, as cuDNN does).
 - Flax linen: ``nn.RNN(cell)`` with ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``,
   ``SimpleCell`` (tanh).
 - Equinox: ``eqx.nn.LSTMCell`` / ``GRUCell`` in a ``lax.scan`` over time, ``jax.vmap``
@@ -47,7 +50,7 @@ from seqjax import cells, io, recurrent
 CELLS = ("lstm", "gru", "rnn_tanh")
 CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-PROTOTYPE = "seqjax + fused backward (prototype)"
+FUSED = "seqjax fused"
 
 Candidate = tuple[str, str, Callable[[], Any]]   # (cell, implementation, run-once callable)
 
@@ -57,29 +60,15 @@ def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> Callable[[], Any]:
     return lambda: jax.block_until_ready(grad(params, x))
 
 
-def seqjax_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> Callable[[], Any]:
-    """seqjax's public layer: ``layer(cells.make(cell_name, H)).apply``."""
-    layer = recurrent.layer(cells.make(cell_name, hidden))
+def seqjax_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array,
+                     fused_backward: bool = False) -> Callable[[], Any]:
+    """seqjax's public layer: ``layer(cells.make(cell_name, H), fused_backward=...).apply``."""
+    layer = recurrent.layer(cells.make(cell_name, hidden), fused_backward=fused_backward)
     params = layer.init(key, x.shape[-1])
 
     def loss(params, x):
         outputs, _ = layer.apply(params, x)
         return jnp.sum(outputs ** 2)
-    return _jax_runner(loss, params, x)
-
-
-def fused_prototype_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> Callable:
-    """The hand-written fused backward of ``benchmarks/fused_backward.py`` (not in seqjax yet)."""
-    from benchmarks import fused_backward
-
-    cell = cells.make(cell_name, hidden)
-    params = cell.init(key, x.shape[-1])
-    run = fused_backward.fused_unroll(fused_backward.HAND_WRITTEN[cell_name])
-    carry0 = cell.initial_carry((x.shape[0],), x.dtype)
-
-    def loss(params, x):
-        _, ys = run(params, carry0, jnp.swapaxes(x, 0, 1))      # time-major scan
-        return jnp.sum(ys ** 2)
     return _jax_runner(loss, params, x)
 
 
@@ -151,8 +140,7 @@ def torch_candidate(cell_name: str, x: np.ndarray, hidden: int, seed: int,
 
 
 def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden: int,
-                     seed: int = 0, torch_threads: int | None = None,
-                     prototypes: bool = False) -> list[Candidate]:
+                     seed: int = 0, torch_threads: int | None = None) -> list[Candidate]:
     """All (cell, implementation, runner) triples for one workload."""
     key = jax.random.key(seed)
     k_x, k_params = jax.random.split(key)
@@ -162,8 +150,7 @@ def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden:
     for name in cell_names:
         kp = jax.random.fold_in(k_params, CELLS.index(name))
         candidates.append((name, "seqjax", seqjax_candidate(name, x, hidden, kp)))
-        if prototypes:
-            candidates.append((name, PROTOTYPE, fused_prototype_candidate(name, x, hidden, kp)))
+        candidates.append((name, FUSED, seqjax_candidate(name, x, hidden, kp, fused_backward=True)))
         candidates += [(name, label, fn) for label, fn in flax_candidates(name, x, hidden, kp).items()]
         eqx_fn = equinox_candidate(name, x, hidden, kp)
         if eqx_fn is not None:
@@ -193,8 +180,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first (default 2)")
     p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS), help="cells to time")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prototypes", action="store_true",
-                   help="also time the fused-backward prototype of benchmarks/fused_backward.py")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads (default: PyTorch's own default, as users get it)")
     p.add_argument("--quick", action="store_true",
@@ -253,7 +238,7 @@ def main(argv=None) -> dict[str, Any]:
     torch_threads_before = _torch_threads()
     try:
         candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
-                                      args.torch_threads, args.prototypes)
+                                      args.torch_threads)
         machine = _common.machine_info()    # after build_candidates: records the torch threads used
         print(f"timing {len(candidates)} candidates: {args.rounds} rounds x {args.number} calls", flush=True)
         times = _common.time_interleaved({f"{c}/{i}": fn for c, i, fn in candidates}, rounds=args.rounds,
