@@ -323,7 +323,8 @@ def test_causal_attention_gives_exactly_zero_gradient_from_the_future(norm_first
         assert np.all(np.asarray(norms[:, p + 1:]) == 0.0)
         assert np.all(np.asarray(norms[:, :p + 1]) > 0.0)
     # without the mask the future does reach the past
-    full = G.input_gradient_norms(lambda x: stack.apply(params, x), x, position=0)
+    full = G.input_gradient_norms(lambda x: stack.apply(params, x), x, position=0,
+                                  loss_fn=lambda y: jnp.sum(y ** 2))
     assert np.all(np.asarray(full) > 0.0)
 
 
