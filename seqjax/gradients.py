@@ -421,7 +421,9 @@ def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: in
       fn: ``fn(x) -> y``, x (B, T, D) -> y (B, T, D') (or any trailing shape).
       x: (B, T, D) floating inputs to differentiate with respect to.
       position: the output position p read by the loss, in [-T, T).
-      loss_fn: maps ``y[:, p]`` (B, D') to a scalar; ``jnp.sum`` by default.
+      loss_fn: maps ``y[:, p]`` (B, D') to a scalar; by default ``0.5 * sum(y**2)``
+        (not ``sum(y)``: after a final LayerNorm the sum over features is a constant,
+        so its gradient is identically zero).
 
     Returns:
       (B, T) norms over the feature axis of :math:`\partial L/\partial x_t` (:func:`safe_norm`).
@@ -432,7 +434,7 @@ def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: in
         raise TypeError(f"position must be an int, got {type(position).__name__}")
     if not -T <= position < T:
         raise ValueError(f"position must lie in [-T, T) = [{-T}, {T}), got {position}")
-    loss_fn = jnp.sum if loss_fn is None else loss_fn
+    loss_fn = (lambda y: 0.5 * jnp.sum(y ** 2)) if loss_fn is None else loss_fn
     _check_scalar_loss(lambda y: loss_fn(y[:, position]), jax.eval_shape(fn, x))
     g = jax.grad(lambda x_: loss_fn(fn(x_)[:, position]))(x)                     # (B, T, D)
     return safe_norm(g, axis=-1)
