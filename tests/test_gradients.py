@@ -303,8 +303,12 @@ def test_input_gradient_norms_causal_function_gives_zero_from_the_future():
     norms = G.input_gradient_norms(fn, x, position=4)
     assert norms.shape == (B, T)
     assert np.all(np.asarray(norms[:, 5:]) == 0.0) and np.all(np.asarray(norms[:, :5]) > 0)
-    np.testing.assert_allclose(G.input_gradient_norms(fn, x, position=-1),
+    np.testing.assert_allclose(G.input_gradient_norms(fn, x, position=-1, loss_fn=jnp.sum),
                                jnp.linalg.norm(1 - jnp.tanh(x) ** 2, axis=-1), rtol=1e-6)
+    # the default loss 0.5*||y_p||^2: dL/dx_t = y_p * (1 - tanh(x_t)^2)
+    y_last = fn(x)[:, -1:]
+    np.testing.assert_allclose(G.input_gradient_norms(fn, x, position=-1),
+                               jnp.linalg.norm(y_last * (1 - jnp.tanh(x) ** 2), axis=-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
