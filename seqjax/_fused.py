@@ -46,9 +46,10 @@ padded step (t >= lengths[b]) the carry passes through, the output is zero; in
 the backward the carry cotangent passes through and ``dxp = dhp = 0``, so padded
 inputs get exactly zero gradient. With ``lengths=None`` no mask is computed at all.
 
-Limitations: reverse mode only. ``jax.jvp``, ``jax.jacfwd`` and ``jax.linearize``
-through a ``custom_vjp`` function raise a TypeError. Second-order reverse mode
-(grad of grad) is not supported either.
+Limitations: ``jax.jvp``, ``jax.jacfwd`` and ``jax.linearize`` applied directly
+to a ``custom_vjp`` function raise a TypeError. Second derivatives through
+``jax.grad(jax.grad(...))`` or ``jax.hessian`` (forward over reverse) work: JAX
+differentiates the forward and backward rules below, which are plain JAX.
 """
 
 from __future__ import annotations

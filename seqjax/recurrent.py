@@ -223,7 +223,9 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         padding semantics; gradients equal autodiff's up to float rounding; faster
         reverse mode (measured in ``benchmarks/results/recurrent.md``). Forward-mode
         differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) through the
-        layer is NOT supported with it, nor are second derivatives. Supported cells:
+        layer is NOT supported with it (a TypeError); second derivatives by reverse
+        mode or ``jax.hessian`` still work (JAX differentiates the hand-written
+        backward, which is plain JAX). Supported cells:
         ``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_linear"``
         (by ``cell.name``); any other cell raises ValueError here.
 

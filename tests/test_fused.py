@@ -130,6 +130,20 @@ def test_forward_mode_is_refused_loudly():
         jax.jvp(lambda x: layer.apply(params, x)[0], (x,), (x,))
 
 
+def test_second_derivatives_equal_autodiff():
+    """grad of grad (reverse over the hand-written backward) equals autodiff's."""
+    lengths = jnp.asarray(LENGTHS)
+    layers = [_layers("gru", "1 layer", fused) for fused in (False, True)]
+    params, x, _, _ = _inputs(layers[0], 4)
+
+    def grad_norm(layer):
+        f = lambda x: jnp.sum(jnp.sin(layer.apply(params, x, lengths=lengths)[0]))  # noqa: E731
+        return jax.grad(lambda x: jnp.sum(jax.grad(f)(x) ** 2))
+    want, got = jax.jit(lambda x: (grad_norm(layers[0])(x), grad_norm(layers[1])(x)))(x)
+    assert np.abs(np.asarray(want)).max() > 0
+    _close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_torch_gradient_parity_lstm():
     """Gradients through from_torch's params with fused_backward=True equal torch's autograd
     (2 layers, bidirectional, packed unsorted lengths, given h0/c0)."""
