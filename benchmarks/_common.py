@@ -68,6 +68,21 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3, "min_ms": ms[0]}
 
 
+def ratio_rows(candidates: Sequence[tuple[str, str, Any]], times: Mapping[str, list[float]],
+               group: str) -> list[dict[str, Any]]:
+    """One row per ``(group_value, implementation, fn)`` candidate, timed under the key
+    ``"<group_value>/<implementation>"``: summary statistics, the raw per-round times and
+    the ratio of its median to PyTorch's in the same group (to seqjax's when torch is absent)."""
+    rows = [{group: g, "implementation": impl, **summarize(times[f"{g}/{impl}"]),
+             "round_ms": [1e3 * t for t in times[f"{g}/{impl}"]]} for g, impl, _ in candidates]
+    for row in rows:
+        same = {r["implementation"]: r for r in rows if r[group] == row[group]}
+        base = same.get("PyTorch", same["seqjax"])
+        row["baseline"] = base["implementation"]
+        row["ratio"] = row["median_ms"] / base["median_ms"]
+    return rows
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -228,15 +228,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _rows(candidates, times):
-    rows = [{"workload": w, "implementation": i, **_common.summarize(times[f"{w}/{i}"]),
-             "round_ms": [1e3 * t for t in times[f"{w}/{i}"]]} for w, i, _ in candidates]
-    for row in rows:    # ratio to PyTorch for the same workload (to seqjax when torch is missing)
-        same = {r["implementation"]: r for r in rows if r["workload"] == row["workload"]}
-        base = same.get("PyTorch", same["seqjax"])
-        row["baseline"] = base["implementation"]
-        row["ratio"] = row["median_ms"] / base["median_ms"]
-    return rows
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -267,7 +258,7 @@ def main(argv=None) -> dict[str, Any]:
                                      number=args.number, warmup=args.warmup)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "attention", "config": config, "command": command.strip(), "machine": machine,
-               "rows": _rows(candidates, times), "loadavg_at_end": list(os.getloadavg())}
+               "rows": _common.ratio_rows(candidates, times, "workload"), "loadavg_at_end": list(os.getloadavg())}
     text = markdown(payload)
     _common.write_results(out_dir, "attention", payload, text)
     print(text, flush=True)

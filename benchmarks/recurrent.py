@@ -200,17 +200,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _rows(candidates: list[Candidate], times: dict[str, list[float]]) -> list[dict[str, Any]]:
-    rows = []
-    for cell, impl, _ in candidates:
-        rows.append({"cell": cell, "implementation": impl, **_common.summarize(times[f"{cell}/{impl}"]),
-                     "round_ms": [1e3 * t for t in times[f"{cell}/{impl}"]]})
-    for row in rows:    # ratio to PyTorch for the same cell (to seqjax when torch is missing)
-        same = {r["implementation"]: r for r in rows if r["cell"] == row["cell"]}
-        base = same.get("PyTorch", same["seqjax"])
-        row["baseline"] = base["implementation"]
-        row["ratio"] = row["median_ms"] / base["median_ms"]
-    return rows
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -249,7 +238,7 @@ def main(argv=None) -> dict[str, Any]:
             torch.set_num_threads(torch_threads_before)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "recurrent", "config": config, "command": command.strip(),
-               "machine": machine, "rows": _rows(candidates, times),
+               "machine": machine, "rows": _common.ratio_rows(candidates, times, "cell"),
                "loadavg_at_end": list(os.getloadavg())}
     text = markdown(payload)
     _common.write_results(out_dir, "recurrent", payload, text)
