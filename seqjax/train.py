@@ -42,6 +42,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax import io
+from seqjax.gradients import global_norm
 from seqjax.types import Array, Carry, Params, PRNGKey
 
 __all__ = [
@@ -171,12 +172,6 @@ class Trainer(NamedTuple):
     train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
     eval_step: Callable[[Params, Any], dict]
     optimizer: optax.GradientTransformation
-
-
-def global_norm(tree) -> Array:
-    """sqrt of the sum of squares of every leaf, in float32 (scalar)."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def _group_norms(grads) -> dict[str, Array]:
