@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells import Cell
-from seqjax.recurrent import Recurrent, unroll, validate_lengths
+from seqjax.recurrent import Recurrent, carry_dtype, unroll, validate_lengths
 from seqjax.types import Array, Carry, Params, PRNGKey
 
 __all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "safe_norm", "global_norm",
@@ -82,7 +82,7 @@ def _check_cell_inputs(cell: Cell, params: Params, xs, initial_carry) -> Carry:
         raise ValueError(f"xs has {xs.shape[-1]} features (shape {tuple(xs.shape)}) but the cell's params "
                          f"were initialised for input_size E={E}")
     B = xs.shape[0]
-    ref = cell.initial_carry((B,), xs.dtype)
+    ref = cell.initial_carry((B,), carry_dtype(params, xs))
     if initial_carry is None:
         return ref
     if jax.tree.structure(initial_carry) != jax.tree.structure(ref):
@@ -92,6 +92,10 @@ def _check_cell_inputs(cell: Cell, params: Params, xs, initial_carry) -> Carry:
         if tuple(leaf.shape) != (B, cell.hidden_size):
             raise ValueError(f"initial_carry leaves must have shape (B, H) = {(B, cell.hidden_size)}, "
                              f"got {tuple(leaf.shape)}")
+        want = jax.tree.leaves(ref)[0].dtype
+        if leaf.dtype != want:
+            raise TypeError(f"initial_carry must have the carried dtype {want} (xs and params promoted), "
+                            f"got {leaf.dtype}")
     return initial_carry
 
 
@@ -244,7 +248,8 @@ def _layer_state_gradients(rec: Recurrent, params, xs, loss_fn, initial_carry, l
         lengths = validate_lengths(lengths, B, T)
     directions = ("forward", "backward") if cfg.bidirectional else ("forward",)
     carry0 = (initial_carry if initial_carry is not None
-              else cfg.cell.initial_carry((cfg.num_layers * len(directions), B), xs.dtype))
+              else cfg.cell.initial_carry((cfg.num_layers * len(directions), B),
+                                          carry_dtype(params["layers"][0]["forward"], xs)))
     one = jax.tree.map(lambda a: a[0], carry0)                         # (B, H) leaves
     eps0 = [{d: _zeros_with_time(one, T) for d in directions} for _ in range(cfg.num_layers)]
     return jax.grad(lambda eps: loss_fn(_layer_outputs(rec, params, xs, eps, lengths, carry0)))(eps0)

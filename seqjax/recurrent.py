@@ -43,7 +43,7 @@ from seqjax import _fused
 from seqjax.cells import Cell, LSTMState
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
-__all__ = ["unroll", "static_unroll", "Recurrent", "RecurrentConfig", "layer", "validate_lengths"]
+__all__ = ["unroll", "static_unroll", "Recurrent", "RecurrentConfig", "layer", "validate_lengths", "carry_dtype"]
 
 StepFn = Callable[[Params, Carry, Any], tuple[Carry, Any]]
 
@@ -196,6 +196,13 @@ def validate_lengths(lengths, batch_size: int, T: int, name: str = "lengths") ->
     return lengths
 
 
+def carry_dtype(cell_params: Params, x: Array) -> jnp.dtype:
+    """The dtype a recurrence over ``x`` with ``cell_params`` carries: the promotion of
+    the input and recurrent-weight dtypes (bfloat16 inputs with float32 weights carry
+    float32), so that the scan's carry keeps one dtype from step to step."""
+    return jnp.result_type(x.dtype, cell_params["w_hh"].dtype)
+
+
 def _final_layout(cell: Cell, finals: list) -> Carry:
     """Per-(layer, direction) carries (B, H) -> PyTorch's (L*D, B, H) stack."""
     return jax.tree.map(lambda *a: jnp.stack(a), *finals)
@@ -300,10 +307,15 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             if jax.tree.structure(carry0) != jax.tree.structure(ref):
                 raise ValueError(f"initial_carry must have the structure {jax.tree.structure(ref)}, "
                                  f"got {jax.tree.structure(carry0)}")
+            dtype = carry_dtype(params["layers"][0]["forward"], x)
             for leaf in jax.tree.leaves(carry0):
                 if tuple(leaf.shape) != expected:
                     raise ValueError(f"initial_carry leaves must have shape (L*D, B, H) = {expected}, "
                                      f"got {tuple(leaf.shape)}")
+                if leaf.dtype != dtype:
+                    raise TypeError(f"initial_carry must have dtype {dtype} (the promotion of x's {x.dtype} "
+                                    f"and the params' {params['layers'][0]['forward']['w_hh'].dtype}), "
+                                    f"got {leaf.dtype}")
         return lengths
 
     def apply(params: Params, x: Array, *, lengths: Array | None = None,
@@ -316,7 +328,7 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
                              "or deterministic=True to switch it off (evaluation)")
         B = x.shape[0]
         if initial_carry is None:
-            initial_carry = cell.initial_carry((num_layers * ND, B), x.dtype)
+            initial_carry = cell.initial_carry((num_layers * ND, B), carry_dtype(params["layers"][0]["forward"], x))
         finals = []
         h = x
         for k in range(num_layers):

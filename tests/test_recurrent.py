@@ -200,6 +200,21 @@ def test_dtypes(dtype):
     _close(outputs.astype(jnp.float32), ref, rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_mixed_precision_bfloat16_inputs_float32_params(fused):
+    """bf16 activations with f32 weights (the usual accelerator set-up): the carry is the
+    promoted dtype, so the scan keeps one carry type, and results equal the f32 computation."""
+    layer = recurrent.layer(cells.lstm(H), num_layers=2, bidirectional=True, fused_backward=fused)
+    params = layer.init(jax.random.key(0), E)
+    x16 = _inputs().astype(jnp.bfloat16)
+    outputs, final = layer.apply(params, x16, lengths=jnp.asarray(LENGTHS))
+    assert outputs.dtype == final.h.dtype == jnp.float32
+    ref = layer.apply(params, x16.astype(jnp.float32), lengths=jnp.asarray(LENGTHS))
+    _close((outputs, final), ref)
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x16)[0] ** 2))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
 def test_float64(x64):
     layer = recurrent.layer(cells.lstm(H), bidirectional=True)
     params = layer.init(jax.random.key(0), E, jnp.float64)
@@ -240,6 +255,8 @@ _PARAMS = _LAYER.init(jax.random.key(0), E)
     (dict(initial_carry=cells.LSTMState(jnp.zeros((2, B, H + 1)), jnp.zeros((2, B, H + 1)))),
      ValueError, "initial_carry leaves must have shape"),
     (dict(initial_carry=jnp.zeros((2, B, H))), ValueError, "initial_carry must have the structure"),
+    (dict(initial_carry=cells.LSTMState(jnp.zeros((2, B, H), jnp.bfloat16), jnp.zeros((2, B, H), jnp.bfloat16))),
+     TypeError, "initial_carry must have dtype float32"),
 ])
 def test_bad_apply_inputs(kwargs, exc, match):
     kwargs = dict(kwargs)
