@@ -23,8 +23,12 @@ bit-identical on CPU.
 
 Data parallelism: with more than one device (or an explicit ``mesh``), ``fit``
 shards every batch over a 1-D :class:`jax.sharding.Mesh` with axis ``"data"`` and
-replicates the state; ``jax.jit`` inserts the gradient all-reduce. Multi-host runs
-call ``jax.distributed.initialize()`` first; see the README.
+replicates the state; ``jax.jit`` inserts the gradient all-reduce. Multi-process
+(multi-host) runs call ``jax.distributed.initialize()`` first and run the same
+``fit`` on every process: every process runs every step, only process 0
+(``jax.process_index() == 0``) writes metrics files and shows progress, and the
+orbax checkpoint of the (replicated, global) ``jax.Array`` state is a collective
+save that orbax coordinates over the processes; see the README.
 """
 
 from __future__ import annotations
@@ -369,8 +373,29 @@ def _batch_size(batch) -> int:
     return sizes.pop()
 
 
+def _process_rows(sharding: NamedSharding, B: int) -> slice:
+    """The rows [start, stop) of a (B, ...) global batch that this process's devices hold."""
+    rows = sorted({idx[0].indices(B)[:2] for idx in
+                   sharding.addressable_devices_indices_map((B,)).values()})
+    if not rows:
+        raise ValueError(f"mesh has no device of process {jax.process_index()}: in a multi-process "
+                         "run every process must own part of the mesh (use train.data_mesh())")
+    start, stop = rows[0][0], rows[-1][1]
+    if any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
+        raise ValueError(f"mesh puts the devices of process {jax.process_index()} at non-contiguous "
+                         f"positions of its 'data' axis (rows {rows}); order the devices by process, "
+                         "as train.data_mesh() does")
+    return slice(start, stop)
+
+
 def shard_batch(batch, mesh: Mesh):
     """Split every leaf's batch axis (axis 0) over the mesh's ``"data"`` axis.
+
+    ``batch`` is the global batch (leaves (B, ...)). With one process it is
+    ``jax.device_put`` onto the mesh. With several processes
+    (``jax.process_count() > 1``) every process must pass the same global batch;
+    each one keeps only the rows its own devices hold and the global array is
+    assembled with ``jax.make_array_from_process_local_data`` (no cross-host copy).
 
     Raises:
       ValueError: when B is not divisible by the number of devices in the mesh.
@@ -382,12 +407,31 @@ def shard_batch(batch, mesh: Mesh):
     if B % n:
         raise ValueError(f"batch size {B} is not divisible by the device count {n}: data-parallel "
                          f"training splits each batch evenly over the devices; use a multiple of {n}")
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    rows = _process_rows(sharding, B)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, x[rows], (B, *np.shape(x)[1:])), batch)
+
+
+def _replicate_leaf(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    # every process holds the whole value; each contributes it to its own devices
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a full copy of every leaf on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place a full copy of every leaf on every device of ``mesh``.
+
+    With several processes every process must pass the same values (it does when
+    they come from the same seed, or from a checkpoint).
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -416,10 +460,6 @@ def _signature(state: TrainState) -> list[list]:
                                                              else x.dtype)] for p, x in flat]
 
 
-def _to_host(tree):
-    return jax.tree.map(lambda x: np.asarray(x), jax.device_get(tree))
-
-
 def _finite_row(row: Mapping[str, Any]) -> str | None:
     for k in ("loss", "grad_norm"):
         if k in row and not math.isfinite(row[k]):
@@ -428,7 +468,12 @@ def _finite_row(row: Mapping[str, Any]) -> str | None:
 
 
 class _Checkpoints:
-    """orbax CheckpointManager with a JSON ``meta`` item (signature, config) per step."""
+    """orbax CheckpointManager with a JSON ``meta`` item (signature, config) per step.
+
+    The state is saved as ``jax.Array`` leaves, so in a multi-process run every
+    process calls ``save`` / ``restore`` and orbax coordinates them (the primary
+    process writes the metadata and each replicated array once, behind barriers).
+    """
 
     def __init__(self, directory: Path, max_to_keep: int):
         import orbax.checkpoint as ocp
@@ -444,11 +489,13 @@ class _Checkpoints:
 
     def save(self, step: int, state: TrainState, meta: dict) -> None:
         ocp = self.ocp
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_host(state)),
+        state = jax.tree.map(jnp.asarray, state)        # jax.Array leaves (no-op on the usual state)
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, template: TrainState, config: dict | None) -> TrainState:
+    def restore(self, step: int, template: TrainState, config: dict | None,
+                mesh: Mesh | None = None) -> TrainState:
         ocp = self.ocp
         where = f"checkpoint at step {step} in {str(self.directory)!r}"
         try:
@@ -473,7 +520,12 @@ class _Checkpoints:
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise CheckpointError(f"{where} was written with a different config (differs in {keys}: "
                                   f"{ {k: (old.get(k), new.get(k)) for k in keys[:5]} }); nothing was changed")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), template)
+        # restore straight onto the mesh (replicated) when there is one, so every process of a
+        # multi-process run gets a global array; else onto the template's own device
+        target = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            np.shape(x), x.dtype, sharding=target if target is not None else getattr(x, "sharding", None)),
+            template)
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
@@ -483,7 +535,8 @@ class _Checkpoints:
         except Exception as err:
             raise CheckpointError(f"{where} is corrupt or unreadable ({type(err).__name__}: {err}); "
                                   "nothing was changed") from err
-        state = jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(x) for x in leaves])
+        state = jax.tree.unflatten(jax.tree.structure(template),
+                                   [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in leaves])
         if int(state.step) != step:
             raise CheckpointError(f"{where} holds step {int(state.step)}, not {step}: corrupt")
         return state
@@ -547,6 +600,15 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
     training stops with :class:`NonFiniteError` naming the step; no checkpoint is
     written after it, so the last good checkpoint stays the latest.
 
+    Multi-process runs (after ``jax.distributed.initialize()``): start the same
+    call on every process with the same ``data_fn``, ``state`` and a shared
+    ``out_dir``. Every process runs every step (and the NaN guard, on the same
+    replicated metrics); only process 0 (``jax.process_index() == 0``) writes
+    ``metrics.jsonl`` and the CSVs and shows the progress bar; checkpoints are a
+    collective orbax save of the replicated ``jax.Array`` state, and on resume
+    every process restores it from the shared ``out_dir``. Every process returns
+    the same :class:`FitResult`.
+
     Args:
       trainer: from :func:`trainer` or :func:`truncated_bptt`.
       state: the initial state (``trainer.init(params, key)``); on resume, the
@@ -562,7 +624,7 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
       config: a JSON-able dict stored with each checkpoint and compared on resume.
       mesh: data-parallel mesh (axis ``"data"``); by default :func:`data_mesh` when
         more than one device is present, else no sharding.
-      progress: show the tqdm bar.
+      progress: show the tqdm bar (on process 0 only).
       max_to_keep: checkpoints kept on disk.
       description: the progress bar's label.
 
@@ -593,6 +655,7 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
     if mesh is not None and "data" not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
 
+    writer = jax.process_index() == 0     # the one process that writes metric files and progress
     history: list[dict] = []
     ckpt = None
     metrics_path = None
@@ -607,10 +670,11 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         ckpt = _Checkpoints(ckpt_dir, max_to_keep)
         latest = ckpt.latest() if resume else None
         if latest is not None:
-            state = ckpt.restore(latest, state, None if config is None else dict(config))
+            state = ckpt.restore(latest, state, None if config is None else dict(config), mesh)
             history = _read_history(metrics_path, latest)
-            io.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif metrics_path.exists():
+            if writer:
+                io.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        elif writer and metrics_path.exists():
             io.atomic_write_text(metrics_path, "")
     meta_base = {"config": None if config is None else _jsonify(dict(config)),
                  "signature": _signature(state)}
@@ -622,7 +686,7 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
     eval_step = jax.jit(trainer.eval_step)
     pending: list[tuple[int, dict]] = []
     last_ckpt = start if (resume and start > 0) else None
-    pbar = tqdm(total=num_steps, initial=start, disable=not progress, desc=description,
+    pbar = tqdm(total=num_steps, initial=start, disable=not (progress and writer), desc=description,
                 dynamic_ncols=True)
 
     def place(batch):
@@ -630,7 +694,7 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
 
     def append(rows: list[dict]) -> None:
         history.extend(rows)
-        if metrics_path is not None and rows:
+        if writer and metrics_path is not None and rows:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -669,11 +733,12 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         nonlocal last_ckpt
         if ckpt is None:
             return
-        if metrics_path is not None and metrics_path.exists():
+        if writer and metrics_path is not None and metrics_path.exists():
             with open(metrics_path, "rb+") as f:
                 os.fsync(f.fileno())
-        ckpt.save(s, state, {**meta_base, "step": s})
-        _write_csvs(out_dir, history)
+        ckpt.save(s, state, {**meta_base, "step": s})      # collective: every process calls it
+        if writer:
+            _write_csvs(out_dir, history)
         last_ckpt = s
 
     try:
@@ -696,6 +761,6 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
             evaluate(start)   # a finished run resumed: report its evaluation once
     finally:
         pbar.close()
-    if out_dir is not None:
+    if out_dir is not None and writer:
         _write_csvs(out_dir, history)
     return FitResult(state, history)
