@@ -2,15 +2,18 @@
 
 ``from_torch(module) -> (layer, params)`` converts a PyTorch module into a seqjax
 layer that computes the same function with seqjax's conventions (batch-major
-inputs, boolean masks True = attend, deterministic unless given a dropout key):
+inputs, boolean masks True = attend):
 
 - ``torch.nn.RNN``, ``LSTM``, ``GRU``: any ``num_layers``, ``bidirectional``,
   ``bias``, ``batch_first`` and ``nonlinearity``. The returned
   :class:`~seqjax.recurrent.Recurrent` layer is always batch-major: feed it
   ``x`` of shape (B, T, E) whatever the module's ``batch_first`` was.
-  ``proj_size > 0`` is not supported.
-- ``torch.nn.MultiheadAttention`` and the ``Transformer*`` modules: see
-  :mod:`seqjax._torch_transformer`.
+  ``proj_size > 0`` is not supported. The module's inter-layer ``dropout`` is
+  carried over; as for every recurrent layer, a rate > 0 then needs
+  ``dropout_key=`` (training) or ``deterministic=True`` (evaluation, what
+  ``module.eval()`` computes).
+- ``torch.nn.MultiheadAttention`` and the ``Transformer*`` modules (see
+  :mod:`seqjax._torch_transformer`): deterministic unless given a dropout key.
 
 Torch is imported lazily; without it, :func:`from_torch` tells the user which
 extra to install.
@@ -122,7 +125,8 @@ def from_torch(module) -> tuple[Any, Params]:
 
 
 class FlaxLayer(nn.Module):
-    """A seqjax component (anything with ``init(key, input_size)`` and ``apply``) as a
+    """A seqjax recurrent layer (anything with ``init(key, input_size, dtype)`` and
+    ``apply(params, x, **kwargs)``, such as :func:`seqjax.recurrent.layer`) as a
     ``flax.linen.Module``.
 
     The component's params live under this module's scope as one param named

@@ -20,7 +20,7 @@ seq2seq copy/reverse   :func:`seq2seq_copy` ...        :func:`seq2seq_copy_basel
 date normalisation     :func:`seq2seq_dates`           :func:`source_blind_accuracy`
 =====================  ==============================  ===================================
 
-Seq2seq conventions (shared by every seq2seq task and by :mod:`seqjax.seq2seq`):
+Seq2seq conventions (shared by every seq2seq task and by :mod:`seqjax.transformer`'s decoders):
 ``PAD = 0``, ``SOS = 1``, ``EOS = 2``. The source carries no specials (right-padded
 with PAD); the decoder input is ``SOS + target`` and the decoder output is
 ``target + EOS``, both right-padded with PAD to S = max target length + 1.

@@ -41,13 +41,18 @@ EXPERIMENTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path):
+def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path, monkeypatch):
     module = _load(name)
+    readme_figure = tmp_path / "readme" / "gradient_norms.png"
+    if name == "gradient_norms":       # a --quick run must never overwrite the README's figure
+        monkeypatch.setattr(module, "REPO", tmp_path)
+        monkeypatch.setattr(module, "README_FIGURE", readme_figure)
     argv, data_files, figure = EXPERIMENTS[name]
     out = tmp_path / "out"
     module.main(["--quick", "--out", str(out), *argv])
     for f in ("config.json", *data_files, figure):
         assert (out / f).stat().st_size > 0, f
+    assert not readme_figure.exists()
     assert list(out.glob("*.csv")), "a CSV of the data is written too"
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
     cfg = module.io.load_json(out / "config.json")
@@ -63,12 +68,6 @@ def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path):
         np.testing.assert_allclose(data["linear"], np.broadcast_to(data["analytic_linear"], data["linear"].shape),
                                    rtol=1e-9)
     _replot_from_saved(module, out, tmp_path, data_files, figure)
-
-
-def test_gradient_norms_quick_does_not_touch_the_readme_figure(tmp_path, monkeypatch):
-    module = _load("gradient_norms")
-    args = module.parse_args(["--quick", "--out", str(tmp_path)])
-    assert args.readme_figure is None and args.quick       # main() copies only when not --quick
 
 
 @pytest.mark.parametrize("argv,match", [
