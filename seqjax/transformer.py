@@ -271,7 +271,9 @@ class PositionalEncoding(NamedTuple):
       init: ``init(key, dtype=float32) -> params``: ``{}`` for sinusoidal,
         ``{"embedding": (max_len, D)}`` (N(0, 0.02), GPT-2) for learned.
       apply: ``apply(params, x, offset=0) -> x + PE[offset : offset + T]``; x (B, T, D),
-        ``offset`` a scalar int, may be traced (incremental decoding).
+        ``offset`` a scalar int, may be traced (incremental decoding). Needs
+        ``0 <= offset`` and ``offset + T <= max_len``: a ValueError when ``offset`` is
+        concrete; a traced offset is not checked (``dynamic_slice`` would clamp it).
       kind, max_len, model_size.
     """
 
@@ -298,11 +300,25 @@ def positional_encoding(kind: str, max_len: int, model_size: int) -> PositionalE
         T = x.shape[-2]
         if T > max_len:
             raise ValueError(f"sequence length {T} exceeds the positional encoding's max_len={max_len}")
+        start = _concrete_int(offset)
+        # dynamic_slice clamps out-of-range starts (silently wrong positions): refuse them
+        # while the offset is known; a traced offset is the caller's to bound.
+        if start is not None and not 0 <= start <= max_len - T:
+            raise ValueError(f"offset={start} with sequence length {T} needs positions {start}.."
+                             f"{start + T - 1}, outside the positional encoding's max_len={max_len} "
+                             f"(positions 0..{max_len - 1})")
         table = params["embedding"] if kind == "learned" else sinusoidal_table(max_len, model_size, x.dtype)
         pe = jax.lax.dynamic_slice_in_dim(table, offset, T, axis=0)           # (T, D)
         return x + pe.astype(x.dtype)
 
     return PositionalEncoding(init, apply, kind, max_len, model_size)
+
+
+def _concrete_int(x) -> int | None:
+    """``int(x)`` for a concrete scalar (Python int or array), None when ``x`` is traced."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return int(np.asarray(x))
 
 
 def check_tokens(tokens, vocab_size: int, name: str = "tokens", ndim: tuple[int, ...] = (2,)) -> Array:
@@ -646,6 +662,12 @@ class DecodeState(NamedTuple):
         for a decoder-only model.
       memory_mask: (B, 1, 1, T) source padding mask, or None.
       index: () int32, the position the next token is written at.
+
+    ``decode_step`` with s tokens needs ``index + s <= S_max`` (the cache length given
+    to ``init_decode``). It raises ValueError when ``index`` is concrete; under ``jit``
+    the index is traced and is not checked (``dynamic_update_slice`` would clamp it and
+    give wrong logits), so keep a jitted loop within the cache: :func:`greedy_decode`
+    and :func:`beam_search` size the cache from ``max_len`` and check it up front.
     """
 
     caches: list
@@ -674,6 +696,15 @@ def _output_init(key, D, V, tie, dtype):
     if tie:
         return {"bias": jnp.zeros((V,), dtype)}
     return attn._dense_init(key, D, V, True, dtype)
+
+
+def _check_cache_room(state: DecodeState, s: int) -> None:
+    """Refuse a concrete ``state.index`` whose s new tokens would overrun the KV cache."""
+    index = _concrete_int(state.index)
+    S_max = state.caches[0].key.shape[1]
+    if index is not None and index + s > S_max:
+        raise ValueError(f"decode_step: {s} token(s) at state.index={index} need {index + s} positions, "
+                         f"more than the KV cache length {S_max} (the max_len given to init_decode)")
 
 
 def _check_decode_len(max_len, start, limit, name="max_len"):
@@ -706,6 +737,8 @@ class Transformer(NamedTuple):
         encodes once, precomputes the memory keys/values, allocates caches of length max_len.
       decode_step: ``decode_step(params, state, tokens) -> (logits, state)``: tokens
         (B,) or (B, s) at positions ``state.index..``; logits (B, Vt) or (B, s, Vt).
+        Needs ``state.index + s <= `` the cache length (checked when the index is
+        concrete; see :class:`DecodeState`).
       config: the :class:`TransformerConfig`.
     """
 
@@ -784,6 +817,7 @@ def transformer(cfg: TransformerConfig) -> Transformer:
         single = getattr(tokens, "ndim", None) == 1
         tokens = check_tokens(tokens, Vt, "tokens", (1, 2))
         tokens = tokens[:, None] if single else tokens
+        _check_cache_room(state, tokens.shape[1])
         y = _embed_pos(params, tgt_key, "tgt_pos", tokens, state.index, None)
         h, caches = dec.step(params["decoder"], y, state.caches, state.index,
                              memory_kv=state.memory_kv, memory_mask=state.memory_mask)
@@ -848,6 +882,7 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         single = getattr(tokens, "ndim", None) == 1
         tokens = check_tokens(tokens, V, "tokens", (1, 2))
         tokens = tokens[:, None] if single else tokens
+        _check_cache_room(state, tokens.shape[1])
         x = pos.apply(params["pos"], _embed(params["embed"], tokens, D), state.index)
         h, caches = stack.step(params["decoder"], x, state.caches, state.index)
         logits = _logits(params, h, "embed")
@@ -956,7 +991,7 @@ def beam_search(model, params: Params, inputs: Array, *, beam_size: int, max_len
     ``max_len`` tokens. With ``beam_size=1`` this is exactly :func:`greedy_decode`.
 
     Args: as :func:`greedy_decode`, plus
-      beam_size: W >= 1.
+      beam_size: W, 1 <= W <= V (V - 1 when ``pad_id`` is banned).
       length_penalty: alpha >= 0.
 
     Returns:
@@ -968,6 +1003,13 @@ def beam_search(model, params: Params, inputs: Array, *, beam_size: int, max_len
     if not float(length_penalty) >= 0.0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
     _check_ids(model, eos_id=eos_id, sos_id=sos_id, pad_id=pad_id)
+    V = model.config.tgt_vocab_size if isinstance(model, Transformer) else model.config.vocab_size
+    # Fewer than W finite first-step candidates would leave -inf beams that never finish.
+    usable = V - (pad_id is not None)
+    if beam_size > usable:
+        banned = f" minus pad_id={pad_id}, which is never generated" if pad_id is not None else ""
+        raise ValueError(f"beam_size={beam_size} exceeds the {usable} tokens beam search can emit "
+                         f"(vocab size {V}{banned}); use beam_size <= {usable}")
     W, alpha = int(beam_size), float(length_penalty)
     fill = eos_id if pad_id is None else pad_id
     logits, state = _start(model, params, inputs, max_len, sos_id, src_lengths)

@@ -248,8 +248,9 @@ def _sequence_logprob(model, params, src, seqs):
 
 
 def test_wide_beam_finds_the_exhaustive_optimum_with_length_penalty():
-    """With W >= every live hypothesis, beam search is exhaustive: its best must be the argmax."""
-    vocab, max_len, alpha = 5, 3, 0.8
+    """With W = V - 1 (pad banned) every first token is kept, so at max_len=2 the last step
+    scores every candidate sequence: beam search is exhaustive and its best must be the argmax."""
+    vocab, max_len, alpha = 5, 2, 0.8
     cfg = T.TransformerConfig(vocab, vocab, model_size=8, num_heads=2, ff_size=16, num_encoder_layers=1,
                               num_decoder_layers=1, max_len=6)
     model = T.transformer(cfg)
@@ -268,8 +269,8 @@ def test_wide_beam_finds_the_exhaustive_optimum_with_length_penalty():
     logp = _sequence_logprob(model, params, src, real)
     scores = [lp / ((5 + len(r)) / 6) ** alpha for lp, r in zip(logp, real)]
     best = cands[int(np.argmax(scores))]
-    toks, sc = jax.jit(lambda p, s: T.beam_search(model, p, s, beam_size=16, max_len=max_len, sos_id=SOS,
-                                                  eos_id=EOS, length_penalty=alpha))(params, src)
+    toks, sc = jax.jit(lambda p, s: T.beam_search(model, p, s, beam_size=vocab - 1, max_len=max_len,
+                                                  sos_id=SOS, eos_id=EOS, length_penalty=alpha))(params, src)
     assert list(np.asarray(toks[0, 0])) == best
     assert float(sc[0, 0]) == pytest.approx(max(scores), abs=1e-4)
     assert np.all(np.diff(np.asarray(sc[0])) <= 1e-6)                         # best first
@@ -320,3 +321,35 @@ def test_bad_inputs_name_the_argument(seq2seq, lm):
         T.decoder(T.StackConfig(8, 2, 16, 1)).apply(
             T.decoder(T.StackConfig(8, 2, 16, 1)).init(jax.random.key(0)), jnp.zeros((1, 3, 8)),
             jnp.zeros((1, 4, 8)), tgt_mask=jnp.ones((4, 4), bool))
+
+
+def test_decoding_past_the_kv_cache_or_the_positions_raises(seq2seq, lm):
+    model, params = lm                                                      # max_len=12
+    # a full cache (decoding up to its length is checked against recomputation above)
+    state = model.init_decode(params, 2, 4)._replace(index=jnp.asarray(4, jnp.int32))
+    with pytest.raises(ValueError, match=r"state.index=4 need 5 positions, more than the KV cache length 4"):
+        model.decode_step(params, state, jnp.zeros((2,), jnp.int32))
+    s2s, s2s_params, src, _ = seq2seq
+    s2s_state = T.DecodeState(T.decoder(s2s.config.stack(2)).init_cache(3, 2), None, None,
+                              jnp.asarray(0, jnp.int32))                    # the check precedes the memory
+    with pytest.raises(ValueError, match="need 3 positions, more than the KV cache length 2"):
+        s2s.decode_step(s2s_params, s2s_state, jnp.zeros((3, 3), jnp.int32))
+    # a hand-built cache longer than the positional table stops at the table
+    long_cache = T.encoder(model.config.stack()).init_cache(2, 16)
+    state = T.DecodeState(long_cache, (), None, jnp.asarray(11, jnp.int32))
+    with pytest.raises(ValueError, match=r"offset=11 with sequence length 2 .* max_len=12"):
+        model.decode_step(params, state, jnp.zeros((2, 2), jnp.int32))
+    pe = T.positional_encoding("sinusoidal", 4, 8)
+    x = jnp.zeros((1, 2, 8))
+    np.testing.assert_array_equal(pe.apply({}, x, 2), T.sinusoidal_table(4, 8)[None, 2:4])
+    for offset in (3, jnp.int32(3), -1):
+        with pytest.raises(ValueError, match="outside the positional encoding's max_len=4"):
+            pe.apply({}, x, offset)
+
+
+def test_beam_wider_than_the_emittable_tokens_is_refused(seq2seq):
+    model, params, src, _ = seq2seq
+    with pytest.raises(ValueError, match=r"beam_size=7 exceeds the 6 tokens .*pad_id=0"):
+        T.beam_search(model, params, src, beam_size=V, max_len=4, sos_id=SOS, eos_id=EOS)
+    with pytest.raises(ValueError, match=r"beam_size=8 exceeds the 7 tokens"):
+        T.beam_search(model, params, src, beam_size=V + 1, max_len=4, sos_id=SOS, eos_id=EOS, pad_id=None)
