@@ -54,6 +54,12 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.beam_size > self.vocab_size - 1:
+            raise ValueError(f"beam_size ({self.beam_size}) must be <= vocab_size - 1 = {self.vocab_size - 1} "
+                             "(the padding id is never generated)")
+        if self.warmup >= self.steps:
+            raise ValueError(f"warmup ({self.warmup}) must be < steps ({self.steps}): the cosine "
+                             "schedule decays over the steps after warmup")
 
     def model_config(self) -> tfm.TransformerConfig:
         return tfm.TransformerConfig(
@@ -69,15 +75,24 @@ QUICK = dict(steps=400, batch_size=32, lr=3e-3, dropout=0.0, eval_size=64, log_e
 def parse(argv=None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            # type=bool would turn the string "False" into True: --flag / --no-flag instead
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default {field.default}")
+        else:
+            parser.add_argument(flag, type=type(field.default), default=None, help=f"default {field.default}")
     parser.add_argument("--quick", action="store_true", help=f"a fast setting for tests: {QUICK}")
     parser.add_argument("--out", default="results/transformer_copy", help="output directory")
     args = parser.parse_args(argv)
     values = dict(QUICK) if args.quick else {}
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                    if getattr(args, f.name) is not None})
-    return Config(**values), Path(args.out)
+    try:
+        cfg = Config(**values)
+    except ValueError as err:                       # invalid combinations: a usage error, exit 2
+        parser.error(str(err))
+    return cfg, Path(args.out)
 
 
 def train(cfg: Config, log=print):

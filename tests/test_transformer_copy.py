@@ -38,3 +38,17 @@ def test_copy_example_rejects_an_unwritable_output_before_compute(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):
         _load().main(["--quick", "--out", str(blocker / "sub")])
+
+
+def test_bool_flags_parse_both_ways_and_bad_schedules_are_usage_errors(capsys):
+    parse = _load().parse
+    assert parse(["--norm-first"])[0].norm_first is True
+    assert parse(["--no-norm-first"])[0].norm_first is False
+    assert parse([])[0].norm_first is False                                  # the dataclass default
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--steps", "50", "--warmup", "50"])
+    assert exit_info.value.code == 2
+    assert "warmup (50) must be < steps (50)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--beam-size", "11"])
+    assert "beam_size (11) must be <= vocab_size - 1 = 10" in capsys.readouterr().err
