@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import cells, recurrent
+from seqjax.transformer import check_tokens
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
 __all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model",
@@ -136,20 +137,34 @@ class SequenceModelConfig:
 
 class SequenceModel(NamedTuple):
     """``init(key) -> params``; ``apply(params, x, *, lengths=None, key=None) -> outputs``
-    with x (B, T, E) float or (B, T) int tokens and outputs (B, C) ("last") or
-    (B, T, C) ("all"); ``key`` switches dropout on."""
+    with x (B, T, E) float or (B, T) int tokens in [0, V) and outputs (B, C) ("last") or
+    (B, T, C) ("all"); ``key`` switches dropout on. A non-array x raises TypeError;
+    token ids outside [0, V) raise ValueError when concrete (under jit they are traced
+    and unchecked)."""
 
     init: Callable[[PRNGKey], Params]
     apply: Callable[..., Array]
     config: SequenceModelConfig
 
 
+def _check_array(x, name: str) -> None:
+    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array (jax or numpy), got {type(x).__name__}")
+
+
+def _embed_tokens(table: Array, tokens, vocab_size: int, name: str) -> Array:
+    """``table[tokens]`` for (B, T) int ids, checked first: a gather clamps out-of-range ids
+    silently, so ids outside [0, V) raise ValueError when concrete (traced ids under jit
+    cannot be checked)."""
+    _check_array(tokens, name)
+    tokens = check_tokens(tokens, vocab_size, name)
+    return jnp.take(table, tokens, axis=0)                                # (B, T, E)
+
+
 def _embed_inputs(config, params: Params, x: Array, name: str = "x") -> Array:
+    _check_array(x, name)
     if config.vocab_size is not None:
-        if not jnp.issubdtype(x.dtype, jnp.integer) or x.ndim != 2:
-            raise ValueError(f"{name} must be int tokens of shape (B, T) (vocab_size="
-                             f"{config.vocab_size}), got dtype {x.dtype} shape {x.shape}")
-        return params["embed"][x]                                         # (B, T, E)
+        return _embed_tokens(params["embed"], x, config.vocab_size, name)  # (B, T, E)
     if x.ndim != 3 or x.shape[-1] != config.input_size:
         raise ValueError(f"{name} must have shape (B, T, E={config.input_size}), got {x.shape}")
     return x
@@ -311,7 +326,7 @@ class RecurrentLM(NamedTuple):
     Attributes:
       init: ``init(key) -> params``.
       apply: ``apply(params, tokens, carry=None, *, key=None) -> (logits, carry)`` with
-        tokens (B, T) int, logits (B, T, V) and the carry in the layer's
+        tokens (B, T) int in [0, V) (checked when concrete), logits (B, T, V) and the carry in the layer's
         (L, B, H) layout (thread it to continue a stream).
       initial_carry: ``initial_carry(batch_size) -> carry`` of zeros.
       config: the :class:`RecurrentLMConfig`.
@@ -338,9 +353,7 @@ def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
 
     def apply(params: Params, tokens: Array, carry: Carry | None = None, *,
               key: PRNGKey | None = None) -> tuple[Array, Carry]:
-        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be int of shape (B, T), got dtype {tokens.dtype} shape {tokens.shape}")
-        h = params["embed"][tokens]                                       # (B, T, E)
+        h = _embed_tokens(params["embed"], tokens, config.vocab_size, "tokens")  # (B, T, E)
         ys, carry = rnn.apply(params["rnn"], h, initial_carry=carry, dropout_key=key,
                               deterministic=key is None)
         return ys @ params["head"]["w"] + params["head"]["b"], carry      # (B, T, V)
