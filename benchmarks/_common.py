@@ -83,6 +83,15 @@ def ratio_rows(candidates: Sequence[tuple[str, str, Any]], times: Mapping[str, l
     return rows
 
 
+def ratio_table(rows: Sequence[Mapping[str, Any]], group: str, titles: Mapping[str, str]) -> str:
+    """The markdown table of :func:`ratio_rows`: group, implementation, median, IQR, ratio."""
+    base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in rows) else "seqjax"
+    return markdown_table(
+        [group, "implementation", "median ms", "IQR ms", f"vs {base}"],
+        [[titles[r[group]], r["implementation"], r["median_ms"], f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}",
+          f"{r['ratio']:.2f}x"] for r in rows])
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -228,15 +228,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-
-
 def markdown(payload: dict[str, Any]) -> str:
     c = payload["config"]
     base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in payload["rows"]) else "seqjax"
-    table = _common.markdown_table(
-        ["workload", "implementation", "median ms", "IQR ms", f"vs {base}"],
-        [[TITLES[r["workload"]], r["implementation"], r["median_ms"], f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}",
-          f"{r['ratio']:.2f}x"] for r in payload["rows"]])
+    table = _common.ratio_table(payload["rows"], "workload", TITLES)
     return (f"### Attention: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, D={c['model']}, {c['heads']} heads, F={c['ff']} (encoder layer), "
             f"float32, self-attention, no mask, no dropout; medians of {c['rounds']} interleaved rounds x "

@@ -200,15 +200,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-
-
 def markdown(payload: dict[str, Any]) -> str:
     c = payload["config"]
     base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in payload["rows"]) else "seqjax"
-    table = _common.markdown_table(
-        ["cell", "implementation", "median ms", "IQR ms", f"vs {base}"],
-        [[CELL_TITLES[r["cell"]], r["implementation"], r["median_ms"],
-          f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}", f"{r['ratio']:.2f}x"] for r in payload["rows"]])
+    table = _common.ratio_table(payload["rows"], "cell", CELL_TITLES)
     return (f"### Recurrent layers: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, I={c['input']}, H={c['hidden']}, float32, one layer, "
             f"one direction; medians of {c['rounds']} interleaved rounds x {c['number']} calls, "
