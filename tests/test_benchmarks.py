@@ -14,6 +14,22 @@ def _import(monkeypatch, module: str):
     return importlib.import_module(module)
 
 
+
+@pytest.mark.slow
+def test_attention_quick_writes_every_row(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
+    pytest.importorskip("equinox", reason="the Equinox rows need equinox (the `test` extra)")
+    bench = _import(monkeypatch, "benchmarks.attention")
+    bench.main(["--quick", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "attention.json").read_text())
+    impls = {(r["workload"], r["implementation"]) for r in written["rows"]}
+    for workload in {w for w, _ in impls}:
+        assert {"seqjax", "Flax", "Equinox", "PyTorch"} <= {i for w, i in impls if w == workload}, workload
+    assert len(impls) == len(written["rows"]) >= 8
+    for row in written["rows"]:
+        assert row["median_ms"] > 0 and row["baseline"] == "PyTorch"
+    assert "| vs PyTorch |" in (tmp_path / "attention.md").read_text()
+
 @pytest.mark.slow
 def test_recurrent_quick_writes_every_row(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
