@@ -100,7 +100,9 @@ def main(argv=None) -> Path:
     kw = dict(length=args.length, hidden_size=args.hidden_size, seeds=args.seeds, steps=args.steps,
               learning_rate=args.learning_rate, clip_norm=args.clip_norm, sigma=args.sigma)
     if args.quick:
-        kw.update(length=10, hidden_size=8, seeds=2, steps=20)
+        # small sizes, except where a flag asked for something other than the default
+        quick, default = dict(length=10, hidden_size=8, seeds=2, steps=20), Config()
+        kw.update({k: v for k, v in quick.items() if kw[k] == getattr(default, k)})
     cfg = Config(**kw)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()

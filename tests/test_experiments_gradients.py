@@ -1,6 +1,7 @@
 """The gradient experiments: --quick runs write figure, data and config; figures re-made from saved data alone."""
 
 import importlib.util
+import json
 import pathlib
 import shutil
 import sys
@@ -34,7 +35,7 @@ EXPERIMENTS = {
     "gradient_norms": (["--archs", "rnn_tanh,lstm_fb1,transformer_pre_ln"],
                        ["gradient_norms.npz"], "gradient_norms.png"),
     "spectral_sweep": ([], ["spectral_sweep.npz"], "spectral_sweep.png"),
-    "clipping": ([], ["clipping.npz"], "clipping.png"),
+    "clipping": (["--steps", "7"], ["clipping.npz"], "clipping.png"),      # a flag --quick must not override
     "layernorm_placement": ([], ["layernorm_placement.npz"], "layernorm_placement.png"),
 }
 
@@ -53,6 +54,8 @@ def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path, monkeyp
     for f in ("config.json", *data_files, figure):
         assert (out / f).stat().st_size > 0, f
     assert not readme_figure.exists()
+    if name == "clipping":
+        assert json.loads((out / "config.json").read_text())["steps"] == 7
     assert list(out.glob("*.csv")), "a CSV of the data is written too"
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
     cfg = module.io.load_json(out / "config.json")
