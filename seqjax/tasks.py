@@ -79,8 +79,13 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
 
 
 def _check_key(key) -> None:
+    """A typed key (``jax.random.key``) or a legacy raw key (``jax.random.PRNGKey``: uint32 (2,))."""
     if not isinstance(key, jax.Array):
         raise TypeError(f"key must be a jax PRNG key (jax.random.key(0)), got {type(key).__name__}")
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not (typed and key.shape == ()) and not (key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise TypeError(f"key must be a single jax PRNG key (jax.random.key(0)), got an array of "
+                        f"dtype {key.dtype} and shape {key.shape}")
 
 
 # ----------------------------------------------------------------------------- seq2seq

@@ -228,3 +228,8 @@ def test_bad_inputs():
         tasks.lm_windows(KEY, jnp.arange(5), 2, 10)
     with pytest.raises(TypeError, match="key must be a jax PRNG key"):
         tasks.running_parity(0, 2)
+    with pytest.raises(TypeError, match="key must be a single jax PRNG key.*float32"):
+        tasks.adding(jnp.ones((2,)), 2)
+    with pytest.raises(TypeError, match="key must be a single jax PRNG key.*shape \\(2,\\)"):
+        tasks.adding(jax.random.split(KEY, 2), 2)
+    assert tasks.adding(jax.random.PRNGKey(0), 2).x.shape == (2, 100, 2)      # legacy raw keys still work
