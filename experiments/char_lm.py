@@ -65,6 +65,11 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be >= 0, got {self.temperatures}")
+        if self.sample_chars < 1:
+            raise ValueError(f"sample_chars must be >= 1, got {self.sample_chars}")
+        if self.model == "transformer":
+            # an empty prompt falls back to one character of the vocabulary
+            check_sample_room(max(1, len(self.prompt)), self.sample_chars, self.seq_len)
 
 
 def load_corpus(cfg: Config) -> tasks.CharCorpus:
@@ -100,25 +105,45 @@ class LM:
         return self.net.apply(params, x, key=key)[0]
 
     def sample(self, params, key, prompt, num_chars: int, temperature):
-        """(num_chars,) ids continuing ``prompt`` (T0,), one jitted scan."""
+        """(num_chars,) ids continuing ``prompt`` (T0,), one jitted scan.
+
+        Token i is drawn with ``jax.random.split(key, num_chars)[i]`` from
+        ``softmax(logits / temperature)`` (``temperature == 0``: argmax; it may be traced).
+        The Transformer primes its key/value cache with the whole prompt in one
+        ``decode_step`` and then feeds each sampled token back, O(T0 + num_chars) per token
+        instead of recomputing the window. Its cache and learned positions hold L
+        positions, and the last sampled token is never fed back, so
+        ``T0 + num_chars - 1 <= L`` is required (ValueError otherwise).
+        """
         if self.cfg.model != "transformer":
             return models.generate(self.net, params, key, prompt, num_chars, temperature=temperature)
-        # Transformer: a right-padded window of L tokens; causal attention makes the padding
-        # after position ``pos`` invisible, and the window slides once it is full.
-        L = self.L
-        prompt = prompt[-L:]
-        buf = jnp.zeros((L,), jnp.int32).at[: prompt.shape[0]].set(prompt)
+        P = int(prompt.shape[0])
+        check_sample_room(P, num_chars, self.L)
+        keys = jax.random.split(key, num_chars)
+        state = self.net.init_decode(params, 1, P + num_chars - 1)
+        logits, state = self.net.decode_step(params, state, prompt[None])      # (1, P, V): prefill
+        first = models.sample_logits(keys[0], logits[0, -1], temperature)
 
-        def body(c, k):
-            buf, pos = c
-            logit = self.net.apply(params, buf[None])[0, pos]
-            tok = models.sample_logits(k, logit, temperature)
-            full = pos == L - 1
-            buf = jnp.where(full, jnp.roll(buf, -1).at[L - 1].set(tok), buf.at[jnp.minimum(pos + 1, L - 1)].set(tok))
-            return (buf, jnp.where(full, pos, pos + 1)), tok
+        def body(carry, k):
+            state, tok = carry
+            logit, state = self.net.decode_step(params, state, tok[None])      # (1, V), one position
+            nxt = models.sample_logits(k, logit[0], temperature)
+            return (state, nxt), nxt
 
-        _, toks = jax.lax.scan(body, (buf, jnp.asarray(prompt.shape[0] - 1)), jax.random.split(key, num_chars))
-        return toks
+        _, rest = jax.lax.scan(body, (state, first), keys[1:])
+        return jnp.concatenate([first[None], rest])
+
+
+def check_sample_room(prompt_len: int, num_chars: int, max_len: int) -> None:
+    """The Transformer sampler needs ``prompt_len + num_chars - 1 <= max_len`` cache positions."""
+    if prompt_len < 1 or num_chars < 1:
+        raise ValueError(f"the prompt and sample_chars must be >= 1, got prompt of {prompt_len} chars and "
+                         f"sample_chars={num_chars}")
+    if prompt_len + num_chars - 1 > max_len:
+        raise ValueError(f"prompt ({prompt_len} chars) + sample_chars ({num_chars}) - 1 = "
+                         f"{prompt_len + num_chars - 1} positions exceed the Transformer's max_len = "
+                         f"seq_len = {max_len} (its KV cache and learned positions); shorten --prompt, "
+                         f"lower --sample-chars or raise --seq-len")
 
 
 def run(cfg: Config, out_dir: Path, resume: bool, progress: bool) -> dict:
@@ -126,6 +151,11 @@ def run(cfg: Config, out_dir: Path, resume: bool, progress: bool) -> dict:
     V = corpus.vocab.size
     seq_len = min(cfg.seq_len, int(corpus.train.shape[0]) - 1)
     lm = LM(cfg, V, seq_len)
+    # characters outside the vocabulary are dropped from the prompt
+    prompt_text = "".join(c for c in cfg.prompt if c in corpus.vocab.chars) or corpus.vocab.chars[0]
+    prompt = jnp.asarray(corpus.vocab.encode(prompt_text))
+    if cfg.model == "transformer":   # a corpus shorter than seq_len + 1 shrinks the window: check before training
+        check_sample_room(len(prompt_text), cfg.sample_chars, seq_len)
     key = jax.random.key(cfg.seed)
     k_model, k_train, k_data, k_eval, k_sample = jax.random.split(key, 5)
 
@@ -149,14 +179,10 @@ def run(cfg: Config, out_dir: Path, resume: bool, progress: bool) -> dict:
     unigram = tasks.unigram_bits_per_char(corpus.train, corpus.valid, V)
     eval_rows = [r for r in result.history if r["split"] == "eval"]
 
-    prompt_text = "hell" if cfg.corpus == "hello" else cfg.prompt
-    prompt_text = "".join(c for c in prompt_text if c in corpus.vocab.chars) or corpus.vocab.chars[0]
-    prompt = jnp.asarray(corpus.vocab.encode(prompt_text))
     sample = jax.jit(lm.sample, static_argnums=3)   # one compilation for every temperature
     samples = {}
     for i, t in enumerate((0.0,) + tuple(cfg.temperatures)):
-        n = 1 if cfg.corpus == "hello" else cfg.sample_chars
-        toks = sample(params, jax.random.fold_in(k_sample, i), prompt, n, jnp.float32(t))
+        toks = sample(params, jax.random.fold_in(k_sample, i), prompt, cfg.sample_chars, jnp.float32(t))
         samples[str(t)] = prompt_text + corpus.vocab.decode(np.asarray(toks))
     return {"model": cfg.model, "corpus": cfg.corpus, "vocab_size": V, "train_chars": int(corpus.train.shape[0]),
             "valid_chars": int(corpus.valid.shape[0]), "steps": cfg.steps, "seconds": seconds,
@@ -204,7 +230,9 @@ def parse(argv):
     p.add_argument("--lr", type=float, default=Config.lr)
     p.add_argument("--max-chars", type=int, default=Config.max_chars, help="stdlib corpus size")
     p.add_argument("--temperatures", type=float, nargs="+", default=list(Config.temperatures))
-    p.add_argument("--sample-chars", type=int, default=Config.sample_chars)
+    p.add_argument("--sample-chars", type=int, default=None,
+                   help="characters to sample (default 300; Transformer: at most seq_len - len(prompt) + 1, "
+                        "its KV-cache / position limit)")
     p.add_argument("--prompt", default=Config.prompt)
     p.add_argument("--seed", type=int, default=Config.seed)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -215,18 +243,33 @@ def parse(argv):
 
 def main(argv=None) -> Path:
     args = parse(argv)
+    hello = args.corpus == "hello"
+    # on "hello" the task is fixed: read "hell", predict one character
+    prompt = "hell" if hello else args.prompt
     common = dict(corpus=args.corpus, path=args.path, encoding=args.encoding, model=args.model, seed=args.seed,
-                  temperatures=tuple(args.temperatures), prompt=args.prompt)
+                  temperatures=tuple(args.temperatures), prompt=prompt)
     if args.quick:
-        cfg = Config(**common, steps=8, batch_size=4, seq_len=16, hidden=16, model_size=16, max_chars=5000,
-                     eval_batches=1, eval_points=2, sample_chars=20)
-    elif args.corpus == "hello":
-        cfg = Config(**{**common, "temperatures": ()}, steps=min(args.steps, 150), batch_size=1, seq_len=4,
-                     hidden=16, model_size=16, lr=1e-2, eval_batches=1)
+        size = dict(steps=8, batch_size=4, seq_len=24, hidden=16, model_size=16, max_chars=5000, eval_batches=1,
+                    eval_points=2)
+        default_chars = 20
+    elif hello:
+        common["temperatures"] = ()
+        size = dict(steps=min(args.steps, 150), batch_size=1, seq_len=4, hidden=16, model_size=16, lr=1e-2,
+                    eval_batches=1)
+        default_chars = 1
     else:
-        cfg = Config(**common, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                     hidden=args.hidden, model_size=args.model_size, num_layers=args.num_layers, lr=args.lr,
-                     max_chars=args.max_chars, sample_chars=args.sample_chars)
+        size = dict(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, hidden=args.hidden,
+                    model_size=args.model_size, num_layers=args.num_layers, lr=args.lr, max_chars=args.max_chars)
+        default_chars = 300
+    if hello:
+        sample_chars = 1
+    elif args.sample_chars is not None:
+        sample_chars = args.sample_chars
+    elif args.model == "transformer":   # fill the window: prompt + sample_chars - 1 = seq_len
+        sample_chars = max(1, min(default_chars, size["seq_len"] - len(prompt) + 1))
+    else:
+        sample_chars = default_chars
+    cfg = Config(**common, **size, sample_chars=sample_chars)
     out_dir = io.ensure_writable_dir(args.out)
     load_corpus(cfg)   # fail on a missing / empty / mis-encoded file before any compute
     io.save_json(out_dir / "config.json", dataclasses.asdict(cfg))

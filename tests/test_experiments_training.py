@@ -4,9 +4,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from seqjax import io
+from seqjax import io, models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +60,9 @@ def test_char_lm_hello_learns_o_and_quick_stdlib(tmp_path):
     res = io.load_json(out / "results.json")
     assert res["greedy_continuation"] == "hello"
     assert res["valid_bits_per_char"] < 0.2 * res["unigram_bits_per_char"]
+    # the Transformer's cached sampler with the prompt filling the whole window (4 = seq_len)
+    out = ch.main(["--corpus", "hello", "--model", "transformer", "--out", str(tmp_path / "hello_tf"), "--no-progress"])
+    assert io.load_json(out / "results.json")["greedy_continuation"] == "hello"
     out = ch.main(["--quick", "--corpus", "stdlib", "--model", "transformer", "--out", str(tmp_path / "std"),
                    "--no-progress", "--temperatures", "0.5", "1.0"])
     res = io.load_json(out / "results.json")
@@ -86,3 +91,51 @@ def test_char_lm_bad_inputs(tmp_path):
         ch.main(["--model", "rnn", "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="lr must be > 0"):
         ch.main(["--lr", "-1", "--out", str(tmp_path / "o")])
+    # the Transformer's KV cache / positions hold seq_len positions: prompt + sample_chars - 1 <= seq_len
+    with pytest.raises(ValueError, match=r"prompt \(4 chars\) \+ sample_chars \(62\) - 1 = 65 .* seq_len = 64"):
+        ch.main(["--model", "transformer", "--sample-chars", "62", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="sample_chars must be >= 1"):
+        ch.main(["--sample-chars", "0", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "config.json").exists()
+
+
+def _full_window_reference(net, params, key, prompt, num_chars, temperature):
+    """The sampler the KV cache replaces: rerun the whole prefix for every token (Python loop).
+
+    The prefix is right-padded to one (1, L) shape so ``apply_jit`` compiles once; causal
+    attention keeps the padding after the last real token invisible."""
+    toks, out = list(prompt), []
+    L = net.config.max_len
+    for k in jax.random.split(key, num_chars):
+        window = jnp.zeros((1, L), jnp.int32).at[0, :len(toks)].set(jnp.asarray(toks, jnp.int32))
+        logits = net.apply_jit(params, window)[0, len(toks) - 1]
+        tok = int(models.sample_logits(k, logits, temperature))
+        toks.append(tok)
+        out.append(tok)
+    return out
+
+
+def test_char_lm_transformer_cached_sampler_matches_full_recomputation():
+    ch = _load("char_lm")
+    V, L, P = 11, 12, 4
+    n = L - P + 1                    # the last token is never fed back: the cache is exactly full
+    cfg = ch.Config(model="transformer", model_size=16, num_layers=2, seq_len=L, sample_chars=n, prompt="abcd")
+    lm = ch.LM(cfg, V, L)
+    params = lm.init(jax.random.key(0))
+    # widen the GPT-2 init (N(0, 0.02)) so logits are O(1) apart and argmax is not decided by rounding
+    leaves, tree = jax.tree.flatten(params)
+    noise = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, noise)])
+    # with tied embeddings a random model repeats its input under argmax; strong learned positions make the
+    # greedy tokens depend on the position, so the cache's position offset is exercised too
+    params["pos"]["embedding"] = 3.0 * jax.random.normal(jax.random.key(3), params["pos"]["embedding"].shape)
+    prompt = jnp.asarray([3, 1, 4, 1], jnp.int32)
+    sample = jax.jit(lm.sample, static_argnums=3)
+    key = jax.random.key(2)
+    for t in (0.0, 1.0):
+        got = [int(x) for x in sample(params, key, prompt, n, jnp.float32(t))]
+        want = _full_window_reference(lm.net, params, key, [3, 1, 4, 1], n, t)
+        assert got == want, t
+        assert len(set(want)) > 1, "degenerate reference: the comparison would be weak"
+    with pytest.raises(ValueError, match=r"prompt \(4 chars\) \+ sample_chars \(10\) - 1 = 13 .* seq_len = 12"):
+        lm.sample(params, key, prompt, n + 1, 0.0)
