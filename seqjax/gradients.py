@@ -275,38 +275,62 @@ def _per_example_norm(tree: Carry) -> Array:
     return safe_norm(flat, axis=1)
 
 
-def _exact_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry) -> Array:
-    """Accumulated products M_t = J_{T-1} ... J_{t+1}, spectral norm of each: (B, T)."""
-    def carry_step(p, c, x):
-        c, _ = cell.step(p, c, x)
-        return c, c
+@functools.lru_cache(maxsize=64)
+def _carry_step(cell: Cell) -> Callable:
+    """``cell.step`` emitting the new carry as its output (the states h_1..h_T).
 
-    _, states = unroll(carry_step, params, carry0, xs)                          # (B, T, H) leaves
-    prev = jax.tree.map(lambda s0, s: jnp.concatenate([s0[:, None], s[:, :-1]], axis=1), carry0, states)
-    prev_flat = _flatten_carry(prev)                                            # (B, T, n)
-    like = jax.tree.map(lambda a: a[0], carry0)                                 # (H,) leaves
+    Like every step function here it depends on the cell only: params and inputs
+    arrive through :func:`~seqjax.recurrent.unroll`, so eager calls with new params
+    reuse one compilation and the jit cache holds no arrays.
+    """
+    def step(params: Params, carry: Carry, x: Array) -> tuple[Carry, Carry]:
+        carry, _ = cell.step(params, carry, x)
+        return carry, carry
+    return step
 
-    def flat_step(z, x):                                                        # z (n,), x (E,)
+
+@functools.lru_cache(maxsize=64)
+def _jacobian_product_step(cell: Cell) -> Callable:
+    """Reverse-scan body accumulating M_t = dh_{T-1}/dh_t: scanned input (h_{t-1}, x_t).
+
+    ``step(params, M, (prev, x)) -> (M J_t, ||M||_2)`` with M (B, n, n), ``prev`` the
+    carry before step t ((B, H) leaves) and J_t = dh_t/dh_{t-1} formed per example
+    with ``jax.jacfwd``. Cached per cell; params come through ``unroll``.
+    """
+    def flat_step(params: Params, z: Array, x: Array, like: Carry) -> Array:   # z (n,), x (E,)
         return _flatten_carry(cell.step(params, _unflatten_carry(z, like), x)[0])
 
-    step_jacobian = jax.vmap(jax.jacfwd(flat_step))                            # -> (B, n, n)
-
-    def product_step(_, M, z_x):
+    def step(params: Params, M: Array, prev_x) -> tuple[Array, Array]:
         # On entry M = dh_{T-1}/dh_t (t = this step); emit its norm, then extend it
         # one step back with J_t = dh_t/dh_{t-1}.
-        z, x = z_x
+        prev, x = prev_x
+        like = jax.tree.map(lambda a: a[0], prev)                              # (H,) leaves: structure only
+        jac = jax.vmap(jax.jacfwd(flat_step, argnums=1), in_axes=(None, 0, 0, None))
         norm = jnp.linalg.svd(M, compute_uv=False)[:, 0]                      # (B,)
-        return M @ step_jacobian(z, x), norm
+        return M @ jac(params, _flatten_carry(prev), x, like), norm
+    return step
 
-    B, n = prev_flat.shape[0], prev_flat.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(n, dtype=prev_flat.dtype), (B, n, n))
-    _, norms = unroll(product_step, None, eye, (prev_flat, xs), reverse=True)   # (B, T)
+
+def _exact_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry) -> Array:
+    """Accumulated products M_t = J_{T-1} ... J_{t+1}, spectral norm of each: (B, T)."""
+    _, states = unroll(_carry_step(cell), params, carry0, xs)                  # (B, T, H) leaves
+    prev = jax.tree.map(lambda s0, s: jnp.concatenate([s0[:, None], s[:, :-1]], axis=1), carry0, states)
+    B, n = xs.shape[0], cell.hidden_size * len(jax.tree.leaves(carry0))
+    dtype = jax.tree.leaves(carry0)[0].dtype
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=dtype), (B, n, n))
+    _, norms = unroll(_jacobian_product_step(cell), params, eye, (prev, xs), reverse=True)   # (B, T)
     return norms
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
 def _power_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry, steps: Array,
                           num_iters: int, key: PRNGKey) -> Array:
-    """Power iteration on M_t^T M_t with JVPs/VJPs of the final state: (B, len(steps))."""
+    """Power iteration on M_t^T M_t with JVPs/VJPs of the final state: (B, len(steps)).
+
+    Jitted with the cell and ``num_iters`` static: the power loop's closures are built
+    inside the trace, so repeated calls with new params (same shapes) reuse one
+    compilation and nothing they capture stays in a cache.
+    """
     T = xs.shape[1]
     step = _perturbed_step(cell)
     eps0 = _zeros_with_time(carry0, T)

@@ -1,6 +1,8 @@
 """seqjax.gradients: analytic oracles in float64, jacrev references, causality, bad input."""
 
 import functools
+import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -291,6 +293,78 @@ def test_jacobian_norms_exact_matches_composed_jacrev_and_power(x64, name):
     steps = (0, 3, T - 1)
     np.testing.assert_allclose(_jn(cell, params, xs, method="power", steps=steps, num_iters=200),
                                exact[:, steps], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- compilation reuse
+
+
+def _counting_lstm(H):
+    """An LSTM cell whose step counts how often it is traced (each new trace of a scan traces it)."""
+    base, traces = cells.lstm(H), [0]
+
+    def step(params, carry, x):
+        traces[0] += 1
+        return base.step(params, carry, x)
+    return base._replace(step=step), traces
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations (jax.monitoring events) inside a ``with`` block."""
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, name, _duration, **_):
+        if name.endswith("backend_compile_duration"):
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_new_params_reuse_one_compilation_and_stay_correct(x64):
+    """Eager calls over checkpoints: the second call with new params of the same shapes
+    traces no scan and compiles nothing, returns the reference values, and the params
+    are not kept alive by a jit cache (step closures over params used to leak there)."""
+    B, T, E, H = 2, 4, 3, 3
+    cell, traces = _counting_lstm(H)
+    rec = recurrent.layer(cell, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(13), (B, T, E), jnp.float64)
+    carry0 = cell.initial_carry((B,), jnp.float64)
+    loss = _mixed_loss(T)
+
+    def analyse(cell_params, layer_params):
+        return (G.jacobian_norms(cell, cell_params, xs, method="exact"),
+                G.jacobian_norms(cell, cell_params, xs, method="power", steps=(0, T - 2), num_iters=200),
+                G.state_gradients(cell, cell_params, xs, loss),
+                G.state_gradients(rec, layer_params, xs, loss))
+
+    analyse(cell.init(jax.random.key(14), E, jnp.float64), rec.init(jax.random.key(15), E, jnp.float64))
+    params = cell.init(jax.random.key(16), E, jnp.float64)
+    params["w_hh"] = 2.0 * params["w_hh"]                  # different values, same shapes
+    layer_params = rec.init(jax.random.key(17), E, jnp.float64)
+    traces_before = traces[0]
+    with _CompileCounter() as compiles:
+        exact, power, g_cell, g_layer = jax.block_until_ready(analyse(params, layer_params))
+    assert traces[0] == traces_before, "a scan was retraced for new params"
+    assert compiles.count == 0, f"{compiles.count} XLA compilations for new params of the same shapes"
+
+    ref_cell = jax.jit(functools.partial(_cell_reference, cell, loss_fn=loss))(params, xs, carry0=carry0)
+    ref_layer = jax.jit(functools.partial(_layer_reference, rec, loss_fn=loss))(layer_params, xs)
+    np.testing.assert_allclose(exact, jax.jit(functools.partial(_composed_jacobian_norms, cell))(params, xs),
+                               rtol=1e-10)
+    np.testing.assert_allclose(power, exact[:, [0, T - 2]], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_cell), jax.tree.leaves(ref_cell)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(g_layer), jax.tree.leaves(ref_layer)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+    alive = weakref.ref(params["w_hh"])
+    del params, exact, power, g_cell
+    gc.collect()
+    assert alive() is None, "jacobian_norms / state_gradients kept the params alive"
 
 
 # ----------------------------------------------------------------------------- attention-style helpers
