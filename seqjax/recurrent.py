@@ -94,7 +94,11 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
     """Run ``step`` over time with ``jax.lax.scan``: the only loop over time in seqjax.
 
     Args:
-      step: ``step(params, carry, x_t) -> (carry, y_t)``, e.g. ``cell.step``.
+      step: ``step(params, carry, x_t) -> (carry, y_t)``, e.g. ``cell.step``. It is a
+        static argument of the jitted scan: pass the same function object each time
+        (``cell.step``, or one built once per cell and cached) and put every array it
+        needs in ``params``, ``carry`` or ``xs``. A fresh closure per call compiles
+        anew in eager mode, and the jit cache keeps it alive with everything it captures.
       params: passed to every step unchanged.
       carry: the initial carry, leaves (B, ...) (any batch shape).
       xs: a pytree of arrays with the time axis at 1 (batch-major, (B, T, ...)) or,
@@ -118,7 +122,8 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _scan(step, params, carry, xs_tm, lengths, reverse, unroll):
     """The scan itself, jitted with ``step`` static so that eager calls with the same
-    cell and shapes reuse one compilation (under an outer jit it is simply inlined)."""
+    cell and shapes reuse one compilation (under an outer jit it is simply inlined).
+    The cache is keyed on (and holds) ``step``: steps must not close over arrays."""
     body = _masked(step, lengths)
     T = jax.tree.leaves(xs_tm)[0].shape[0]
     return jax.lax.scan(lambda c, tx: body(params, c, tx), carry, (jnp.arange(T), xs_tm),
