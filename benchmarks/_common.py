@@ -83,9 +83,14 @@ def ratio_rows(candidates: Sequence[tuple[str, str, Any]], times: Mapping[str, l
     return rows
 
 
+def baseline_name(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the ratios of :func:`ratio_rows` are relative to: PyTorch, or seqjax without torch."""
+    return "PyTorch" if any(r["implementation"] == "PyTorch" for r in rows) else "seqjax"
+
+
 def ratio_table(rows: Sequence[Mapping[str, Any]], group: str, titles: Mapping[str, str]) -> str:
     """The markdown table of :func:`ratio_rows`: group, implementation, median, IQR, ratio."""
-    base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in rows) else "seqjax"
+    base = baseline_name(rows)
     return markdown_table(
         [group, "implementation", "median ms", "IQR ms", f"vs {base}"],
         [[titles[r[group]], r["implementation"], r["median_ms"], f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}",

@@ -230,7 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def markdown(payload: dict[str, Any]) -> str:
     c = payload["config"]
-    base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in payload["rows"]) else "seqjax"
+    base = _common.baseline_name(payload["rows"])
     table = _common.ratio_table(payload["rows"], "workload", TITLES)
     return (f"### Attention: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, D={c['model']}, {c['heads']} heads, F={c['ff']} (encoder layer), "

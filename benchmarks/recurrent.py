@@ -202,7 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def markdown(payload: dict[str, Any]) -> str:
     c = payload["config"]
-    base = "PyTorch" if any(r["implementation"] == "PyTorch" for r in payload["rows"]) else "seqjax"
+    base = _common.baseline_name(payload["rows"])
     table = _common.ratio_table(payload["rows"], "cell", CELL_TITLES)
     return (f"### Recurrent layers: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, I={c['input']}, H={c['hidden']}, float32, one layer, "

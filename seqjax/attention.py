@@ -116,14 +116,19 @@ def check_mask(mask, target: tuple[int, ...], name: str = "mask") -> Array | Non
     if mask.dtype != jnp.bool_:
         raise TypeError(f"{name} must be boolean (True = attend), got dtype {mask.dtype}; "
                         f"convert an additive float mask with `{name} == 0` or pass it as bias")
-    ok = mask.ndim <= len(target)
+    return _rank_matched(mask, target, name)
+
+
+def _rank_matched(x: Array, target: tuple[int, ...], name: str) -> Array:
+    """``x`` reshaped with leading 1s to ``len(target)`` dims; ValueError if it does not broadcast."""
+    ok = x.ndim <= len(target)
     if ok:
-        shape = (1,) * (len(target) - mask.ndim) + tuple(mask.shape)
+        shape = (1,) * (len(target) - x.ndim) + tuple(x.shape)
         ok = all(s in (1, t) for s, t in zip(shape, target))
     if not ok:
-        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to "
+        raise ValueError(f"{name} of shape {tuple(x.shape)} does not broadcast to "
                          f"(B, N, Tq, Tk) = {tuple(target)}")
-    return mask.reshape(shape)
+    return x.reshape(shape)
 
 
 def _check_bias(bias, target: tuple[int, ...]) -> Array | None:
@@ -132,14 +137,7 @@ def _check_bias(bias, target: tuple[int, ...]) -> Array | None:
     if not hasattr(bias, "ndim") or not jnp.issubdtype(bias.dtype, jnp.floating):
         raise TypeError(f"bias must be a floating array broadcastable to (B, N, Tq, Tk), got "
                         f"{getattr(bias, 'dtype', type(bias).__name__)}")
-    ok = bias.ndim <= len(target)
-    if ok:
-        shape = (1,) * (len(target) - bias.ndim) + tuple(bias.shape)
-        ok = all(s in (1, t) for s, t in zip(shape, target))
-    if not ok:
-        raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to "
-                         f"(B, N, Tq, Tk) = {tuple(target)}")
-    return bias.reshape(shape)
+    return _rank_matched(bias, target, "bias")
 
 
 # ----------------------------------------------------------------------------- masks
