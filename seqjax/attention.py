@@ -43,6 +43,7 @@ projected features (PyTorch's ``in_proj_weight`` split order)::
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -50,11 +51,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import checks, layers
+from seqjax.checks import check_mask
+from seqjax.layers import dense
 from seqjax.types import Array, DType, Params, PRNGKey
 
 __all__ = [
-    "scaled_dot_product_attention", "padding_mask", "causal_mask", "combine_masks",
-    "check_mask", "MultiHeadAttention", "MHAConfig", "multi_head_attention",
+    "scaled_dot_product_attention", "masked_softmax", "padding_mask", "causal_mask", "combine_masks",
+    "MultiHeadAttention", "MHAConfig", "multi_head_attention",
     "AdditiveAttention", "additive_attention", "LuongAttention", "luong_attention",
     "IMPLEMENTATIONS",
 ]
@@ -64,82 +68,6 @@ __all__ = [
 IMPLEMENTATIONS = (None, "xla", "cudnn", "reference")
 
 
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_rate(value, name: str) -> float:
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
-
-
-def _check_array(x, name: str, ndim: int | tuple[int, ...], layout: str, floating: bool = True):
-    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if x.ndim not in ndims:
-        raise ValueError(f"{name} must have shape {layout} (rank {' or '.join(map(str, ndims))}), "
-                         f"got shape {tuple(x.shape)}")
-    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must be floating (float32, bfloat16, float64), got dtype {x.dtype}")
-    return x
-
-
-def check_mask(mask, target: tuple[int, ...], name: str = "mask") -> Array | None:
-    """Validate a boolean mask against the shape it must broadcast to; return it rank-matched.
-
-    Args:
-      mask: None or a boolean array of rank <= len(target), True = attend.
-      target: the shape it must broadcast to, e.g. (B, N, Tq, Tk).
-      name: the argument name used in error messages.
-
-    Returns:
-      None, or ``mask`` reshaped with leading 1s to ``len(target)`` dimensions.
-
-    Raises:
-      TypeError: ``mask`` is not an array or not boolean.
-      ValueError: ``mask`` does not broadcast to ``target``.
-    """
-    if mask is None:
-        return None
-    if not hasattr(mask, "ndim") or not hasattr(mask, "dtype"):
-        raise TypeError(f"{name} must be a boolean array (True = attend), got {type(mask).__name__}")
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"{name} must be boolean (True = attend), got dtype {mask.dtype}; "
-                        f"convert an additive float mask with `{name} == 0` or pass it as bias")
-    return _rank_matched(mask, target, name)
-
-
-def _rank_matched(x: Array, target: tuple[int, ...], name: str) -> Array:
-    """``x`` reshaped with leading 1s to ``len(target)`` dims; ValueError if it does not broadcast."""
-    ok = x.ndim <= len(target)
-    if ok:
-        shape = (1,) * (len(target) - x.ndim) + tuple(x.shape)
-        ok = all(s in (1, t) for s, t in zip(shape, target))
-    if not ok:
-        raise ValueError(f"{name} of shape {tuple(x.shape)} does not broadcast to "
-                         f"(B, N, Tq, Tk) = {tuple(target)}")
-    return x.reshape(shape)
-
-
-def _check_bias(bias, target: tuple[int, ...]) -> Array | None:
-    if bias is None:
-        return None
-    if not hasattr(bias, "ndim") or not jnp.issubdtype(bias.dtype, jnp.floating):
-        raise TypeError(f"bias must be a floating array broadcastable to (B, N, Tq, Tk), got "
-                        f"{getattr(bias, 'dtype', type(bias).__name__)}")
-    return _rank_matched(bias, target, "bias")
-
-
 # ----------------------------------------------------------------------------- masks
 
 
@@ -147,18 +75,18 @@ def padding_mask(lengths: Array, max_len: int) -> Array:
     """Key padding mask from lengths: True at valid (attendable) key positions.
 
     Args:
-      lengths: (B,) ints, valid positions are ``t < lengths[b]`` (right padding).
+      lengths: (B,) ints in [1, max_len] (the rule of :func:`seqjax.checks.check_lengths`);
+        valid positions are ``t < lengths[b]`` (right padding).
       max_len: Tk, the padded length.
 
     Returns:
       (B, 1, 1, Tk) boolean, broadcastable to (B, N, Tq, Tk).
     """
-    max_len = _check_size(max_len, "max_len")
-    lengths = jnp.asarray(lengths)
-    if lengths.ndim != 1:
-        raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    max_len = checks.check_int(max_len, "max_len")
+    if isinstance(lengths, (list, tuple)):
+        lengths = np.asarray(lengths)
+    checks.check_array(lengths, "lengths", 1, "(B,)", kind="integer")
+    lengths = checks.check_lengths(lengths, lengths.shape[0], max_len)
     valid = jnp.arange(max_len)[None, :] < lengths[:, None]                 # (B, Tk)
     return valid[:, None, None, :]
 
@@ -175,8 +103,8 @@ def causal_mask(num_queries: int, num_keys: int | None = None, *, offset: int | 
     Returns:
       (1, 1, Tq, Tk) boolean, lower-triangular when ``offset == 0``.
     """
-    num_queries = _check_size(num_queries, "num_queries")
-    num_keys = num_queries if num_keys is None else _check_size(num_keys, "num_keys")
+    num_queries = checks.check_int(num_queries, "num_queries")
+    num_keys = num_queries if num_keys is None else checks.check_int(num_keys, "num_keys")
     i = jnp.arange(num_queries)[:, None] + offset
     j = jnp.arange(num_keys)[None, :]
     return (j <= i)[None, None]
@@ -204,8 +132,28 @@ def combine_masks(*masks: Array | None) -> Array | None:
 
 
 def _large_negative(dtype) -> float:
-    # Finite, so a fully masked row stays NaN-free through softmax and its gradient.
     return -0.7 * float(min(jnp.finfo(dtype).max, jnp.finfo(jnp.float32).max))
+
+
+def masked_softmax(scores: Array, mask: Array | None) -> Array:
+    """Softmax over the last axis of ``scores`` where ``mask`` (True = attend) allows.
+
+    Args:
+      scores: (..., Tk) float logits, e.g. (B, N, Tq, Tk) or (B, S, T).
+      mask: None or boolean broadcastable to ``scores``.
+
+    Returns:
+      weights of ``scores``' shape: exactly 0 at masked positions, summing to 1 over
+      the allowed ones; a row with no allowed position is all zeros (never NaN).
+    """
+    if mask is not None:
+        # finite, so a fully masked row stays NaN-free through softmax and its gradient
+        scores = jnp.where(mask, scores, _large_negative(scores.dtype))
+    weights = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        # a fully masked row softmaxes to uniform over large negatives: zero it
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    return weights
 
 
 def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
@@ -222,13 +170,7 @@ def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
     logits = jnp.einsum("bnqk,bntk->bnqt", q_BxNxQxK, k_BxNxTxK, preferred_element_type=acc)
     if bias is not None:
         logits = logits + bias
-    if mask is not None:
-        logits = jnp.where(mask, logits, _large_negative(logits.dtype))
-    weights = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:
-        # A fully masked row softmaxes to uniform over large negatives: zero it.
-        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
-    weights = weights.astype(v.dtype)
+    weights = masked_softmax(logits, mask).astype(v.dtype)
     dropped = weights
     if dropout_rate > 0.0 and dropout_key is not None:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
@@ -270,11 +212,10 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
       TypeError / ValueError naming the argument for wrong ranks, dtypes, a non-boolean
       mask, a mask or bias that does not broadcast, or mismatched key/value lengths.
     """
-    _check_array(q, "q", 4, "(B, Tq, N, K)")
-    _check_array(k, "k", 4, "(B, Tk, N, K)")
-    _check_array(v, "v", 4, "(B, Tk, N, Kv)")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    checks.check_array(q, "q", 4, "(B, Tq, N, K)")
+    checks.check_array(k, "k", 4, "(B, Tk, N, K)")
+    checks.check_array(v, "v", 4, "(B, Tk, N, Kv)")
+    checks.check_choice(implementation, "implementation", IMPLEMENTATIONS)
     B, Tq, N, K = q.shape
     if k.shape[0] != B or k.shape[2:] != (N, K):
         raise ValueError(f"k must have shape (B, Tk, N, K) = ({B}, Tk, {N}, {K}) to match q "
@@ -285,8 +226,8 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
     Tk = k.shape[1]
     target = (B, N, Tq, Tk)
     mask = check_mask(mask, target)
-    bias = _check_bias(bias, target)
-    dropout_rate = _check_rate(dropout_rate, "dropout_rate")
+    bias = checks.check_bias(bias, target)
+    dropout_rate = checks.check_rate(dropout_rate, "dropout_rate")
     scale = 1.0 / math.sqrt(K) if scale is None else float(scale)
 
     use_dropout = dropout_rate > 0.0 and dropout_key is not None
@@ -352,21 +293,6 @@ class MultiHeadAttention(NamedTuple):
     config: MHAConfig
 
 
-def _dense_init(key, fan_in: int, fan_out: int, use_bias: bool, dtype) -> Params:
-    """Glorot/Xavier-uniform kernel (Glorot & Bengio 2010), zero bias."""
-    kernel = jax.nn.initializers.xavier_uniform()(key, (fan_in, fan_out), dtype)
-    p = {"kernel": kernel}
-    if use_bias:
-        p["bias"] = jnp.zeros((fan_out,), dtype)
-    return p
-
-
-def dense(p: Params, x: Array) -> Array:
-    """``x @ kernel + bias``: x (..., E) -> (..., F) for ``{"kernel": (E, F), "bias": (F,)}``."""
-    y = x @ p["kernel"]
-    return y + p["bias"] if "bias" in p else y
-
-
 def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None = None,
                          use_bias: bool = True, dropout: float = 0.0,
                          implementation: str | None = None) -> MultiHeadAttention:
@@ -391,29 +317,27 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         params = mha.init(key, query_size=256)
         y = mha.apply_jit(params, x, x, x, mask=causal_mask(T))          # (B, T, 256)
     """
-    num_heads = _check_size(num_heads, "num_heads")
-    qkv_size = _check_size(qkv_size, "qkv_size")
+    num_heads = checks.check_int(num_heads, "num_heads")
+    qkv_size = checks.check_int(qkv_size, "qkv_size")
     if qkv_size % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide qkv_size (the model width D)={qkv_size}")
     if out_size is not None:
-        out_size = _check_size(out_size, "out_size")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    config = MHAConfig(num_heads, qkv_size, out_size, bool(use_bias), _check_rate(dropout, "dropout"),
-                       implementation)
+        out_size = checks.check_int(out_size, "out_size")
+    checks.check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    config = MHAConfig(num_heads, qkv_size, out_size, checks.check_bool(use_bias, "use_bias"),
+                       checks.check_rate(dropout, "dropout"), implementation)
     N, K = num_heads, qkv_size // num_heads
 
     def init(key: PRNGKey, query_size: int, key_size: int | None = None,
              value_size: int | None = None, dtype: DType = jnp.float32) -> Params:
-        query_size = _check_size(query_size, "query_size")
-        key_size = query_size if key_size is None else _check_size(key_size, "key_size")
-        value_size = key_size if value_size is None else _check_size(value_size, "value_size")
+        query_size = checks.check_int(query_size, "query_size")
+        key_size = query_size if key_size is None else checks.check_int(key_size, "key_size")
+        value_size = key_size if value_size is None else checks.check_int(value_size, "value_size")
         Do = query_size if out_size is None else out_size
         kq, kk, kv, ko = jax.random.split(key, 4)
-        return {"query": _dense_init(kq, query_size, qkv_size, use_bias, dtype),
-                "key": _dense_init(kk, key_size, qkv_size, use_bias, dtype),
-                "value": _dense_init(kv, value_size, qkv_size, use_bias, dtype),
-                "out": _dense_init(ko, qkv_size, Do, use_bias, dtype)}
+        dense_init = functools.partial(layers.dense_init, use_bias=use_bias, init="xavier", dtype=dtype)
+        return {"query": dense_init(kq, query_size, qkv_size), "key": dense_init(kk, key_size, qkv_size),
+                "value": dense_init(kv, value_size, qkv_size), "out": dense_init(ko, qkv_size, Do)}
 
     def _width(params, name):
         try:
@@ -444,7 +368,7 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         v = k if v is None else v
         for name, x, size, layout in (("q", q, "query", "(B, Tq, Eq)"), ("k", k, "key", "(B, Tk, Ek)"),
                                       ("v", v, "value", "(B, Tk, Ev)")):
-            _check_array(x, name, 3, layout)
+            checks.check_array(x, name, 3, layout)
             E = _width(params, size)
             if x.shape[-1] != E:
                 raise ValueError(f"{name} has {x.shape[-1]} features (shape {tuple(x.shape)}) but "
@@ -469,10 +393,10 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
 
 def _query_keys(query, keys, values, mask):
     """Normalise (B, Eq) | (B, S, Eq) queries; check keys/values/mask. Returns squeeze flag."""
-    _check_array(query, "query", (2, 3), "(B, Eq) or (B, S, Eq)")
-    _check_array(keys, "keys", 3, "(B, T, Ek)")
+    checks.check_array(query, "query", (2, 3), "(B, Eq) or (B, S, Eq)")
+    checks.check_array(keys, "keys", 3, "(B, T, Ek)")
     values = keys if values is None else values
-    _check_array(values, "values", 3, "(B, T, Ev)")
+    checks.check_array(values, "values", 3, "(B, T, Ev)")
     if keys.shape[:2] != values.shape[:2]:
         raise ValueError(f"keys and values must have the same (B, T); got key shape "
                          f"{tuple(keys.shape)} and value shape {tuple(values.shape)}")
@@ -486,16 +410,6 @@ def _query_keys(query, keys, values, mask):
     if mask is not None:
         mask = check_mask(mask, (B, query.shape[1], T), "mask")
     return query, values, mask, single
-
-
-def _masked_softmax(scores, mask):
-    """scores (B, S, T), mask broadcastable -> weights, fully masked rows are zeros."""
-    if mask is not None:
-        scores = jnp.where(mask, scores, _large_negative(scores.dtype))
-    w = jax.nn.softmax(scores, axis=-1)
-    if mask is not None:
-        w = jnp.where(jnp.any(mask, axis=-1, keepdims=True), w, 0.0)
-    return w
 
 
 class AdditiveAttention(NamedTuple):
@@ -533,13 +447,15 @@ def additive_attention(hidden_size: int) -> AdditiveAttention:
     padding), True = attend. Returns context (B, Ev) and weights (B, T) for a (B, Eq)
     query, or (B, S, Ev) and (B, S, T). A fully masked row gives zeros.
     """
-    A = _check_size(hidden_size, "hidden_size")
+    A = checks.check_int(hidden_size, "hidden_size")
 
     def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
         kq, kk, ke = jax.random.split(key, 3)
-        return {"query": _dense_init(kq, _check_size(query_size, "query_size"), A, False, dtype),
-                "key": _dense_init(kk, _check_size(key_size, "key_size"), A, True, dtype),
-                "energy": _dense_init(ke, A, 1, False, dtype)}
+        query_size = checks.check_int(query_size, "query_size")
+        key_size = checks.check_int(key_size, "key_size")
+        return {"query": layers.dense_init(kq, query_size, A, use_bias=False, dtype=dtype),
+                "key": layers.dense_init(kk, key_size, A, use_bias=True, dtype=dtype),
+                "energy": layers.dense_init(ke, A, 1, use_bias=False, dtype=dtype)}
 
     def project_keys(params: Params, keys: Array) -> Array:
         return dense(params["key"], keys)                                     # (B, T, A)
@@ -550,7 +466,7 @@ def additive_attention(hidden_size: int) -> AdditiveAttention:
         pk = project_keys(params, keys) if projected_keys is None else projected_keys
         pq = dense(params["query"], query)                                    # (B, S, A)
         e = dense(params["energy"], jnp.tanh(pq[:, :, None, :] + pk[:, None, :, :]))[..., 0]
-        w = _masked_softmax(e, mask)                                          # (B, S, T)
+        w = masked_softmax(e, mask)                                          # (B, S, T)
         ctx = jnp.einsum("bst,bte->bse", w, values)
         return (ctx[:, 0], w[:, 0]) if single else (ctx, w)
 
@@ -593,8 +509,8 @@ def luong_attention(score: str = "general", *, scale: bool = False) -> LuongAtte
         raise ValueError(f"score must be 'dot' or 'general', got {score!r}")
 
     def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
-        query_size = _check_size(query_size, "query_size")
-        key_size = _check_size(key_size, "key_size")
+        query_size = checks.check_int(query_size, "query_size")
+        key_size = checks.check_int(key_size, "key_size")
         if score == "dot":
             if query_size != key_size:
                 raise ValueError(f"score='dot' needs query_size == key_size, got {query_size} "
@@ -612,7 +528,7 @@ def luong_attention(score: str = "general", *, scale: bool = False) -> LuongAtte
         e = jnp.einsum("bse,bte->bst", q, keys)
         if scale:
             e = e / math.sqrt(keys.shape[-1])
-        w = _masked_softmax(e, mask)
+        w = masked_softmax(e, mask)
         ctx = jnp.einsum("bst,bte->bse", w, values)
         return (ctx[:, 0], w[:, 0]) if single else (ctx, w)
 

@@ -203,12 +203,11 @@ def check_tokens(tokens: Any, vocab_size: int, name: str = "tokens",
     """Integer token ids of one of the ranks ``ndim``, in ``[0, vocab_size)`` when concrete.
 
     A gather clamps out-of-range ids silently, so they are refused here instead.
-    Lists and NumPy arrays are accepted and converted; floats are refused.
+    JAX and NumPy arrays are accepted; lists and float arrays are refused.
     """
-    if isinstance(tokens, (list, tuple)):
-        tokens = np.asarray(tokens)
     if not hasattr(tokens, "ndim") or not hasattr(tokens, "dtype"):
-        raise TypeError(f"{name} must be an integer array of token ids, got {type(tokens).__name__}")
+        raise TypeError(f"{name} must be an array of integer token ids (JAX or NumPy), "
+                        f"got {type(tokens).__name__}")
     if tokens.ndim not in ndim:
         layout = {0: "()", 1: "(B,)", 2: "(B, T)", 3: "(B, W, T)"}
         raise ValueError(f"{name} must have shape {' or '.join(layout.get(n, f'rank {n}') for n in ndim)}, "

@@ -57,13 +57,8 @@ def _rnn_from_torch(module) -> tuple[recurrent.Recurrent, Params]:
     if getattr(module, "proj_size", 0):
         raise ValueError(f"torch.nn.LSTM with proj_size={module.proj_size} is not supported by "
                          "seqjax: only proj_size=0 converts")
-    H = module.hidden_size
-    if kind == "LSTM":
-        cell = cells.lstm(H, bias=module.bias)
-    elif kind == "GRU":
-        cell = cells.gru(H, bias=module.bias)
-    else:
-        cell = cells.simple_rnn(H, module.nonlinearity, bias=module.bias)
+    name = {"LSTM": "lstm", "GRU": "gru"}.get(kind) or f"rnn_{module.nonlinearity}"
+    cell = cells.make(name, module.hidden_size, bias=bool(module.bias))
     layer = recurrent.layer(cell, num_layers=module.num_layers, bidirectional=module.bidirectional,
                             dropout=module.dropout)
     directions = [("forward", "")] + ([("backward", "_reverse")] if module.bidirectional else [])

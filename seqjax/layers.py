@@ -75,15 +75,15 @@ def dense_init(key: PRNGKey, in_size: int, out_size: int, *, use_bias: bool = Tr
     out_size = checks.check_int(out_size, "out_size")
     checks.check_choice(init, "init", INITS)
     dtype = checks.check_float_dtype(dtype)
-    k_w, k_b = jax.random.split(key)
     if init == "torch":
         bound = 1.0 / math.sqrt(in_size)
+        k_w, k_b = jax.random.split(key)
         p = {"kernel": jax.random.uniform(k_w, (in_size, out_size), dtype, -bound, bound)}
         if use_bias:
             p["bias"] = jax.random.uniform(k_b, (out_size,), dtype, -bound, bound)
         return p
     make = jax.nn.initializers.xavier_uniform() if init == "xavier" else jax.nn.initializers.lecun_normal()
-    p = {"kernel": make(k_w, (in_size, out_size), dtype)}
+    p = {"kernel": make(key, (in_size, out_size), dtype)}
     if use_bias:
         p["bias"] = jnp.zeros((out_size,), dtype)
     return p

@@ -1,6 +1,6 @@
-"""Small sequence models built from seqjax layers, and their losses.
+"""Small sequence models built from seqjax layers.
 
-Two families, each a frozen config dataclass and a factory returning a NamedTuple
+Three families, each a frozen config dataclass and a factory returning a NamedTuple
 of pure functions:
 
 * :func:`sequence_model` (:class:`SequenceModelConfig`): an optional token
@@ -13,17 +13,20 @@ of pure functions:
   self-attention by default, so step t sees only steps <= t like a recurrent net).
 * :func:`recurrent_lm` (:class:`RecurrentLMConfig`): a character-level language
   model (embedding, recurrent layer, softmax over V) whose carry can be threaded
-  across calls, with :func:`generate` for sampling at a temperature.
+  across calls. It offers the decode protocol of :mod:`seqjax.decoding`, so
+  ``decoding.sample`` / ``greedy_decode`` / ``beam_search`` generate text with it.
 
-Cells: ``"rnn_tanh"`` (Elman), ``"rnn_relu"``, ``"irnn"`` (ReLU RNN with identity
-recurrent init, Le, Jaitly & Hinton 2015), ``"lstm"`` (forget-gate bias
-``forget_bias``, Jozefowicz et al. 2015) and ``"gru"``.
+Cells come from the one registry, :func:`seqjax.cells.make` (any of
+:data:`seqjax.cells.CELL_NAMES`); ``forget_bias`` and ``irnn_input_std`` are passed to
+it only when set, so the cells' own defaults apply otherwise.
+
+Dropout follows the library convention: ``dropout_key=None`` is deterministic.
 
 Params layout::
 
-    {"embed": (V, E)            # only with vocab_size
+    {"embed": {"embedding": (V, E)}     # only with vocab_size
      "rnn": recurrent.layer params ({"layers": [{"forward": cell params}, ...]}),
-     "head": {"w": (H, C), "b": (C,)}}
+     "head": {"kernel": (H, C), "bias": (C,)}}
 """
 
 from __future__ import annotations
@@ -35,58 +38,39 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax import cells, recurrent
-from seqjax.transformer import check_tokens
-from seqjax.types import Array, Carry, DType, Params, PRNGKey
+from seqjax import attention, cells, checks, layers, recurrent, transformer
+from seqjax.types import Array, Carry, Params, PRNGKey
 
-__all__ = ["CELLS", "SequenceModelConfig", "SequenceModel", "sequence_model",
+__all__ = ["SequenceModelConfig", "SequenceModel", "sequence_model",
            "TransformerSequenceConfig", "transformer_sequence_model", "RecurrentLMConfig",
-           "RecurrentLM", "recurrent_lm", "generate", "sample_logits", "softmax_cross_entropy", "accuracy",
-           "make_cell"]
+           "RecurrentLM", "recurrent_lm"]
 
-#: Cell names accepted by the model configs.
-CELLS = ("rnn_tanh", "rnn_relu", "irnn", "lstm", "gru")
+READOUTS = ("last", "all")
 
 
-def make_cell(name: str, hidden_size: int, *, forget_bias: float = 1.0,
-              irnn_input_std: float = 1e-3) -> cells.Cell:
-    """A :class:`~seqjax.cells.Cell` by model-level name (one of :data:`CELLS`).
-
-    ``"irnn"`` is ``cells.simple_rnn(H, "relu")`` with its init replaced by Le et al.
-    2015's: ``w_hh = I``, biases 0, ``w_ih ~ N(0, irnn_input_std^2)``. ``"lstm"`` gets
-    ``forget_bias`` added to the forget gate at init.
-    """
-    if name not in CELLS:
-        raise ValueError(f"unknown architecture (cell) {name!r}; expected one of {list(CELLS)}")
-    if name == "lstm":
-        return cells.lstm(hidden_size, forget_bias=forget_bias)
-    if name == "gru":
-        return cells.gru(hidden_size)
-    if name in ("rnn_tanh", "rnn_relu"):
-        return cells.simple_rnn(hidden_size, name.split("_")[1])
-    base = cells.simple_rnn(hidden_size, "relu")
-
-    def init(key: PRNGKey, input_size: int, dtype: DType = jnp.float32) -> Params:
-        params = base.init(key, input_size, dtype)
-        return {"w_ih": irnn_input_std * jax.random.normal(key, params["w_ih"].shape, dtype),
-                "w_hh": jnp.eye(hidden_size, dtype=dtype),
-                "b_ih": jnp.zeros_like(params["b_ih"]), "b_hh": jnp.zeros_like(params["b_hh"])}
-    return base._replace(init=init, name="irnn")
+def _cell(config) -> cells.Cell:
+    """The config's cell from :func:`seqjax.cells.make`, with the options the config sets."""
+    options = {}
+    if config.forget_bias is not None:
+        if config.cell != "lstm":
+            raise ValueError(f"forget_bias applies to cell='lstm' only, got cell={config.cell!r}")
+        options["forget_bias"] = config.forget_bias
+    if getattr(config, "irnn_input_std", None) is not None:
+        if config.cell != "irnn":
+            raise ValueError(f"irnn_input_std applies to cell='irnn' only, got cell={config.cell!r}")
+        options["input_std"] = config.irnn_input_std
+    return cells.make(config.cell, config.hidden_size, **options)
 
 
-def _linear_init(key: PRNGKey, fan_in: int, fan_out: int, dtype) -> Params:
-    """PyTorch ``nn.Linear`` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    kw, kb = jax.random.split(key)
-    return {"w": jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound),
-            "b": jax.random.uniform(kb, (fan_out,), dtype, -bound, bound)}
+def _check_ints(obj, *names) -> None:
+    for name in names:
+        if getattr(obj, name) is not None:
+            checks.check_int(getattr(obj, name), f"{type(obj).__name__}.{name}")
 
 
-def _check_positive(obj, *names):
-    for n in names:
-        v = getattr(obj, n)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+def _check_inputs_given(obj) -> None:
+    if obj.input_size is None and obj.vocab_size is None:
+        raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
 
 
 # ----------------------------------------------------------------------------- sequence model
@@ -97,7 +81,7 @@ class SequenceModelConfig:
     """Hyperparameters of :func:`sequence_model`.
 
     Attributes:
-      cell: one of :data:`CELLS`.
+      cell: a name of :func:`seqjax.cells.make`.
       hidden_size: H.
       output_size: C, classes (or regression outputs).
       input_size: E for float inputs (B, T, E); ignored with ``vocab_size``.
@@ -105,9 +89,9 @@ class SequenceModelConfig:
       embed_size: embedding width.
       num_layers: L stacked recurrent layers.
       readout: ``"last"`` (many-to-one, (B, C)) or ``"all"`` (many-to-many, (B, T, C)).
-      dropout: between recurrent layers (needs a key in training).
-      forget_bias: LSTM forget-gate bias at init.
-      irnn_input_std: IRNN input-weight init std.
+      dropout: between recurrent layers (active when ``apply`` gets a ``dropout_key``).
+      forget_bias: LSTM forget-gate bias at init (None: the cell's default).
+      irnn_input_std: IRNN input-weight init std (None: the cell's default).
     """
 
     cell: str = "lstm"
@@ -119,54 +103,37 @@ class SequenceModelConfig:
     num_layers: int = 1
     readout: str = "last"
     dropout: float = 0.0
-    forget_bias: float = 1.0
-    irnn_input_std: float = 1e-3
+    forget_bias: float | None = None
+    irnn_input_std: float | None = None
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown architecture (cell) {self.cell!r}; expected one of {list(CELLS)}")
-        _check_positive(self, "hidden_size", "output_size", "input_size", "vocab_size", "embed_size",
-                        "num_layers")
-        if self.input_size is None and self.vocab_size is None:
-            raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
-        if self.readout not in ("last", "all"):
-            raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.check_choice(self.cell, "cell", cells.CELL_NAMES)
+        _check_ints(self, "hidden_size", "output_size", "input_size", "vocab_size", "embed_size", "num_layers")
+        _check_inputs_given(self)
+        checks.check_choice(self.readout, "readout", READOUTS)
+        checks.check_rate(self.dropout, "dropout")
+        _cell(self)                                     # options are checked by the cell itself
 
 
 class SequenceModel(NamedTuple):
-    """``init(key) -> params``; ``apply(params, x, *, lengths=None, key=None) -> outputs``
-    with x (B, T, E) float or (B, T) int tokens in [0, V) and outputs (B, C) ("last") or
-    (B, T, C) ("all"); ``key`` switches dropout on. A non-array x raises TypeError;
-    token ids outside [0, V) raise ValueError when concrete (under jit they are traced
-    and unchecked)."""
+    """``init(key) -> params``; ``apply(params, x, *, lengths=None, dropout_key=None) -> outputs``
+    with x (B, T, E) float or (B, T) int tokens in [0, V), lengths (B,) in [1, T], and
+    outputs (B, C) ("last") or (B, T, C) ("all"). A non-array x raises TypeError; token
+    ids outside [0, V) raise ValueError when concrete."""
 
     init: Callable[[PRNGKey], Params]
     apply: Callable[..., Array]
     config: SequenceModelConfig
 
 
-def _check_array(x, name: str) -> None:
-    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array (jax or numpy), got {type(x).__name__}")
-
-
-def _embed_tokens(table: Array, tokens, vocab_size: int, name: str) -> Array:
-    """``table[tokens]`` for (B, T) int ids, checked first: a gather clamps out-of-range ids
-    silently, so ids outside [0, V) raise ValueError when concrete (traced ids under jit
-    cannot be checked)."""
-    _check_array(tokens, name)
-    tokens = check_tokens(tokens, vocab_size, name)
-    return jnp.take(table, tokens, axis=0)                                # (B, T, E)
-
-
-def _embed_inputs(config, params: Params, x: Array, name: str = "x") -> Array:
-    _check_array(x, name)
+def _embed_inputs(config, params: Params, x, *, scale: float = 1.0) -> Array:
+    """(B, T) tokens -> (B, T, E) embeddings, or (B, T, E) floats checked against input_size."""
     if config.vocab_size is not None:
-        return _embed_tokens(params["embed"], x, config.vocab_size, name)  # (B, T, E)
-    if x.ndim != 3 or x.shape[-1] != config.input_size:
-        raise ValueError(f"{name} must have shape (B, T, E={config.input_size}), got {x.shape}")
+        tokens = checks.check_tokens(x, config.vocab_size, "x")
+        return layers.embed(params["embed"], tokens, scale=scale)           # (B, T, E)
+    checks.check_array(x, "x", 3, f"(B, T, E={config.input_size})")
+    if x.shape[-1] != config.input_size:
+        raise ValueError(f"x must have shape (B, T, E={config.input_size}), got {tuple(x.shape)}")
     return x
 
 
@@ -174,29 +141,27 @@ def sequence_model(config: SequenceModelConfig) -> SequenceModel:
     """Embedding (optional) -> recurrent layer -> linear readout. See the module docstring."""
     if not isinstance(config, SequenceModelConfig):
         raise TypeError(f"config must be a SequenceModelConfig, got {type(config).__name__}")
-    cell = make_cell(config.cell, config.hidden_size, forget_bias=config.forget_bias,
-                     irnn_input_std=config.irnn_input_std)
+    cell = _cell(config)
     rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
     E = config.embed_size if config.vocab_size is not None else config.input_size
 
     def init(key: PRNGKey) -> Params:
-        k_e, k_r, k_h = jax.random.split(key, 3)
-        params = {"rnn": rnn.init(k_r, E), "head": _linear_init(k_h, config.hidden_size,
-                                                                 config.output_size, jnp.float32)}
+        k_e, k_r, k_h = jax.random.split(checks.check_key(key), 3)
+        params = {"rnn": rnn.init(k_r, E),
+                  "head": layers.dense_init(k_h, config.hidden_size, config.output_size, init="torch")}
         if config.vocab_size is not None:
-            params["embed"] = jax.random.normal(k_e, (config.vocab_size, E), jnp.float32)
+            params["embed"] = layers.embedding_init(k_e, config.vocab_size, E)
         return params
 
     def apply(params: Params, x: Array, *, lengths: Array | None = None,
-              key: PRNGKey | None = None) -> Array:
+              dropout_key: PRNGKey | None = None) -> Array:
         h = _embed_inputs(config, params, x)
-        ys, final = rnn.apply(params["rnn"], h, lengths=lengths, dropout_key=key,
-                              deterministic=key is None)
+        ys, final = rnn.apply(params["rnn"], h, lengths=lengths, dropout_key=dropout_key)
         if config.readout == "last":
             feats = cell.output(jax.tree.map(lambda a: a[-1], final))     # (B, H) last layer
         else:
             feats = ys                                                    # (B, T, H)
-        return feats @ params["head"]["w"] + params["head"]["b"]
+        return layers.dense(params["head"], feats)
 
     return SequenceModel(init, apply, config)
 
@@ -235,63 +200,61 @@ class TransformerSequenceConfig:
     readout: str = "last"
 
     def __post_init__(self):
-        _check_positive(self, "output_size", "input_size", "vocab_size", "model_size", "num_heads",
-                        "ff_size", "num_layers", "max_len")
-        if self.input_size is None and self.vocab_size is None:
-            raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
-        if self.model_size % self.num_heads:
-            raise ValueError(f"model_size={self.model_size} must be divisible by num_heads={self.num_heads}")
-        if self.readout not in ("last", "all"):
-            raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_ints(self, "output_size", "input_size", "vocab_size", "max_len")
+        _check_inputs_given(self)
+        checks.check_choice(self.readout, "readout", READOUTS)
+        checks.check_bool(self.causal, "causal")
+        self.stack()                                    # the stack's own rules
+
+    def stack(self) -> transformer.StackConfig:
+        return transformer.StackConfig(
+            model_size=self.model_size, num_heads=self.num_heads, ff_size=self.ff_size,
+            num_layers=self.num_layers, dropout=self.dropout, norm_first=self.norm_first,
+            final_norm=self.norm_first)
 
 
 def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceModel:
     """Input projection / embedding -> positional encoding -> encoder stack -> readout.
 
-    Params: ``{"input": {"w": (E, D), "b": (D,)}`` or ``{"embed": (V, D)}``, ``"pos"``,
-    ``"encoder"`` (a :func:`seqjax.transformer.encoder` stack), ``"head": {"w": (D, C), "b": (C,)}}``.
-    ``apply(params, x, *, lengths=None, key=None)`` as :class:`SequenceModel`; padded
-    keys are masked out and ``"last"`` reads position ``lengths - 1``.
+    Params: ``{"input": {"kernel": (E, D), "bias": (D,)}`` or ``{"embed": {"embedding": (V, D)}}``,
+    ``"pos"``, ``"encoder"`` (a :func:`seqjax.transformer.encoder` stack),
+    ``"head": {"kernel": (D, C), "bias": (C,)}}``.
+    ``apply(params, x, *, lengths=None, dropout_key=None)`` as :class:`SequenceModel`;
+    padded keys are masked out and ``"last"`` reads position ``lengths - 1``.
     """
-    from seqjax import attention, transformer  # the attention issue's modules
-
     if not isinstance(config, TransformerSequenceConfig):
         raise TypeError(f"config must be a TransformerSequenceConfig, got {type(config).__name__}")
     D = config.model_size
-    stack = transformer.encoder(transformer.StackConfig(
-        model_size=D, num_heads=config.num_heads, ff_size=config.ff_size, num_layers=config.num_layers,
-        dropout=config.dropout, norm_first=config.norm_first, final_norm=config.norm_first))
+    stack = transformer.encoder(config.stack())
     pos = transformer.positional_encoding(config.positional, config.max_len, D)
 
     def init(key: PRNGKey) -> Params:
-        k_in, k_pos, k_enc, k_head = jax.random.split(key, 4)
+        k_in, k_pos, k_enc, k_head = jax.random.split(checks.check_key(key), 4)
         params = {"pos": pos.init(k_pos), "encoder": stack.init(k_enc),
-                  "head": _linear_init(k_head, D, config.output_size, jnp.float32)}
+                  "head": layers.dense_init(k_head, D, config.output_size, init="torch")}
         if config.vocab_size is not None:
-            params["embed"] = jax.random.normal(k_in, (config.vocab_size, D), jnp.float32) / math.sqrt(D)
+            params["embed"] = layers.embedding_init(k_in, config.vocab_size, D, std=D ** -0.5)
         else:
-            params["input"] = _linear_init(k_in, config.input_size, D, jnp.float32)
+            params["input"] = layers.dense_init(k_in, config.input_size, D, init="torch")
         return params
 
     def apply(params: Params, x: Array, *, lengths: Array | None = None,
-              key: PRNGKey | None = None) -> Array:
+              dropout_key: PRNGKey | None = None) -> Array:
         if config.vocab_size is not None:
-            h = _embed_inputs(config, params, x) * math.sqrt(D)            # (B, T, D)
+            h = _embed_inputs(config, params, x, scale=math.sqrt(D))       # (B, T, D)
         else:
-            h = _embed_inputs(config, params, x) @ params["input"]["w"] + params["input"]["b"]
+            h = layers.dense(params["input"], _embed_inputs(config, params, x))
         B, T = h.shape[:2]
         h = pos.apply(params["pos"], h)
         mask = attention.causal_mask(T) if config.causal else None        # (1, 1, T, T)
         if lengths is not None:
-            lengths = recurrent.validate_lengths(lengths, B, T)
+            lengths = checks.check_lengths(lengths, B, T)
             mask = attention.combine_masks(mask, attention.padding_mask(lengths, T))
-        h = stack.apply(params["encoder"], h, mask=mask, dropout_key=key)  # (B, T, D)
+        h = stack.apply(params["encoder"], h, mask=mask, dropout_key=dropout_key)  # (B, T, D)
         if config.readout == "last":
             last = jnp.full((B,), T - 1) if lengths is None else lengths - 1
             h = h[jnp.arange(B), last]                                      # (B, D)
-        return h @ params["head"]["w"] + params["head"]["b"]
+        return layers.dense(params["head"], h)
 
     return SequenceModel(init, apply, config)
 
@@ -301,8 +264,9 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
 
 @dataclasses.dataclass(frozen=True)
 class RecurrentLMConfig:
-    """Hyperparameters of :func:`recurrent_lm`: cell (one of :data:`CELLS`), vocab_size V,
-    hidden_size H, embed_size, num_layers L, dropout, forget_bias."""
+    """Hyperparameters of :func:`recurrent_lm`: cell (a name of :func:`seqjax.cells.make`),
+    vocab_size V, hidden_size H, embed_size, num_layers L, dropout, forget_bias (None:
+    the cell's default)."""
 
     cell: str = "lstm"
     vocab_size: int = 98
@@ -310,14 +274,13 @@ class RecurrentLMConfig:
     embed_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
-    forget_bias: float = 1.0
+    forget_bias: float | None = None
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown architecture (cell) {self.cell!r}; expected one of {list(CELLS)}")
-        _check_positive(self, "vocab_size", "hidden_size", "embed_size", "num_layers")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checks.check_choice(self.cell, "cell", cells.CELL_NAMES)
+        _check_ints(self, "vocab_size", "hidden_size", "embed_size", "num_layers")
+        checks.check_rate(self.dropout, "dropout")
+        _cell(self)
 
 
 class RecurrentLM(NamedTuple):
@@ -325,94 +288,67 @@ class RecurrentLM(NamedTuple):
 
     Attributes:
       init: ``init(key) -> params``.
-      apply: ``apply(params, tokens, carry=None, *, key=None) -> (logits, carry)`` with
-        tokens (B, T) int in [0, V) (checked when concrete), logits (B, T, V) and the carry in the layer's
-        (L, B, H) layout (thread it to continue a stream).
+      apply: ``apply(params, tokens, carry=None, *, dropout_key=None) -> (logits, carry)``
+        with tokens (B, T) int in [0, V) (checked when concrete), logits (B, T, V) and the
+        carry in the layer's (L, B, H) layout (thread it to continue a stream).
       initial_carry: ``initial_carry(batch_size) -> carry`` of zeros.
+      start: the decode protocol (:mod:`seqjax.decoding`): ``start(params, prompt, max_len)
+        -> (logits (B, V), state)`` reads the prompt (B, P >= 1) and returns the logits
+        after its last token; ``state`` is the carry with batch-major leaves (B, L, H).
+      decode_step: ``decode_step(params, state, tokens) -> (logits, state)``, tokens (B,),
+        logits (B, V).
       config: the :class:`RecurrentLMConfig`.
     """
 
     init: Callable[[PRNGKey], Params]
     apply: Callable[..., tuple[Array, Carry]]
     initial_carry: Callable[[int], Carry]
+    start: Callable[..., tuple[Array, Carry]]
+    decode_step: Callable[..., tuple[Array, Carry]]
     config: RecurrentLMConfig
+
+    @property
+    def vocab_size(self) -> int:
+        """V: the decode protocol's vocabulary."""
+        return self.config.vocab_size
 
 
 def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
     """Embedding (V, E) -> recurrent layer -> linear head (H, V)."""
     if not isinstance(config, RecurrentLMConfig):
         raise TypeError(f"config must be a RecurrentLMConfig, got {type(config).__name__}")
-    cell = make_cell(config.cell, config.hidden_size, forget_bias=config.forget_bias)
-    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+    rnn = recurrent.layer(_cell(config), num_layers=config.num_layers, dropout=config.dropout)
+    V = config.vocab_size
 
     def init(key: PRNGKey) -> Params:
-        k_e, k_r, k_h = jax.random.split(key, 3)
-        return {"embed": jax.random.normal(k_e, (config.vocab_size, config.embed_size), jnp.float32),
+        k_e, k_r, k_h = jax.random.split(checks.check_key(key), 3)
+        return {"embed": layers.embedding_init(k_e, V, config.embed_size),
                 "rnn": rnn.init(k_r, config.embed_size),
-                "head": _linear_init(k_h, config.hidden_size, config.vocab_size, jnp.float32)}
+                "head": layers.dense_init(k_h, config.hidden_size, V, init="torch")}
 
     def apply(params: Params, tokens: Array, carry: Carry | None = None, *,
-              key: PRNGKey | None = None) -> tuple[Array, Carry]:
-        h = _embed_tokens(params["embed"], tokens, config.vocab_size, "tokens")  # (B, T, E)
-        ys, carry = rnn.apply(params["rnn"], h, initial_carry=carry, dropout_key=key,
-                              deterministic=key is None)
-        return ys @ params["head"]["w"] + params["head"]["b"], carry      # (B, T, V)
+              dropout_key: PRNGKey | None = None) -> tuple[Array, Carry]:
+        tokens = checks.check_tokens(tokens, V, "tokens")
+        h = layers.embed(params["embed"], tokens)                          # (B, T, E)
+        ys, carry = rnn.apply(params["rnn"], h, initial_carry=carry, dropout_key=dropout_key)
+        return layers.dense(params["head"], ys), carry                     # (B, T, V)
 
-    return RecurrentLM(init, apply, rnn.initial_carry, config)
+    # The decode state is the carry with the batch axis first, as the protocol asks.
+    to_state = lambda carry: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), carry)  # noqa: E731
+    to_carry = to_state
 
+    def start(params: Params, prompt: Array, max_len: int, *, sos_id: int | None = None,
+              src_lengths: Array | None = None) -> tuple[Array, Carry]:
+        if sos_id is not None or src_lengths is not None:
+            raise ValueError("a recurrent LM takes neither sos_id nor src_lengths: put any start "
+                             "token in the prompt (every prompt has the same length P)")
+        checks.check_int(max_len, "max_len")
+        logits, carry = apply(params, prompt)
+        return logits[:, -1], to_state(carry)
 
-def sample_logits(key: PRNGKey, logits: Array, temperature) -> Array:
-    """Sample ids from ``softmax(logits / temperature)`` over the last axis of (..., V);
-    ``temperature == 0`` gives the argmax. ``temperature`` may be traced."""
-    temperature = jnp.asarray(temperature, jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1)
-    sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6), axis=-1)
-    return jnp.where(temperature == 0, greedy, sampled).astype(jnp.int32)
+    def decode_step(params: Params, state: Carry, tokens: Array) -> tuple[Array, Carry]:
+        tokens = checks.check_tokens(tokens, V, "tokens", (1,))
+        logits, carry = apply(params, tokens[:, None], to_carry(state))
+        return logits[:, 0], to_state(carry)
 
-
-def generate(lm: RecurrentLM, params: Params, key: PRNGKey, prompt: Array, num_tokens: int, *,
-             temperature: float | Array = 1.0) -> Array:
-    """Sample a continuation of ``prompt`` (T0,) ids: (num_tokens,) ids.
-
-    The prompt is read once to build the carry; then each step samples from
-    ``softmax(logits / temperature)`` (``temperature=0``: greedy argmax) and feeds the
-    token back. One ``lax.scan``; jit it at the call site with ``num_tokens`` static
-    (``temperature`` may be a traced scalar, so one compilation serves every temperature).
-    """
-    if isinstance(temperature, (int, float)) and temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    prompt = jnp.asarray(prompt)
-    if prompt.ndim != 1 or prompt.shape[0] < 1:
-        raise ValueError(f"prompt must have shape (T0,) with T0 >= 1, got {prompt.shape}")
-    logits, carry = lm.apply(params, prompt[None, :])
-
-    def body(c, k):
-        carry, logit = c
-        tok = sample_logits(k, logit, temperature)                        # (1,)
-        logits, carry = lm.apply(params, tok[:, None], carry)
-        return (carry, logits[:, -1]), tok[0]
-
-    _, toks = jax.lax.scan(body, (carry, logits[:, -1]), jax.random.split(key, num_tokens))
-    return toks
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def softmax_cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Mean cross-entropy (nats) of logits (..., C) against int labels (...), over ``mask``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    if mask is None:
-        return jnp.mean(nll)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Fraction of argmax(logits) (..., C) equal to labels (...), over ``mask``."""
-    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    if mask is None:
-        return jnp.mean(hit)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return RecurrentLM(init, apply, rnn.initial_carry, start, decode_step, config)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import checks
 from seqjax.types import Array, PRNGKey
 
 __all__ = [
@@ -56,37 +57,6 @@ __all__ = [
     "DATE_VOCAB", "DATE_SOURCE_LENGTH", "DATE_TARGET_LENGTH", "DATE_FORMATS",
     "encode_chars", "decode_chars", "format_date", "seq2seq_dates",
 ]
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int >= 1, got {batch_size!r} "
-                        f"of type {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} "
-                        f"of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_key(key) -> None:
-    """A typed key (``jax.random.key``) or a legacy raw key (``jax.random.PRNGKey``: uint32 (2,))."""
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a jax PRNG key (jax.random.key(0)), got {type(key).__name__}")
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    if not (typed and key.shape == ()) and not (key.dtype == jnp.uint32 and key.shape == (2,)):
-        raise TypeError(f"key must be a single jax PRNG key (jax.random.key(0)), got an array of "
-                        f"dtype {key.dtype} and shape {key.shape}")
-
 
 # ----------------------------------------------------------------------------- seq2seq
 
@@ -130,13 +100,13 @@ def _make_seq2seq(src: Array, src_lengths: Array, tgt: Array, tgt_lengths: Array
 def _random_tokens(key: PRNGKey, batch_size: int, length: int, vocab_size: int,
                    min_length: int | None) -> tuple[Array, Array]:
     """Data tokens in [NUM_SPECIALS, V) of shape (B, T), PAD after each length."""
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    length = _check_int(length, "length")
-    vocab_size = _check_int(vocab_size, "vocab_size", NUM_SPECIALS + 1)
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    length = checks.check_int(length, "length")
+    vocab_size = checks.check_int(vocab_size, "vocab_size", NUM_SPECIALS + 1)
     if min_length is None:
         min_length = length
-    min_length = _check_int(min_length, "min_length")
+    min_length = checks.check_int(min_length, "min_length")
     if min_length > length:
         raise ValueError(f"min_length must be <= length = {length}, got {min_length}")
     return _random_tokens_core(key, batch_size, length, vocab_size, min_length)
@@ -200,8 +170,8 @@ def seq2seq_copy_baseline(length: int = 10, vocab_size: int = 11) -> float:
     """Token accuracy over ``tgt_out`` (EOS included) of the best source-blind predictor
     for fixed-length copy/reversal: guess a data token (1 / (V - 3)) at each of the T
     data positions, EOS at the last: ``(T / (V - 3) + 1) / (T + 1)``."""
-    length = _check_int(length, "length")
-    vocab_size = _check_int(vocab_size, "vocab_size", NUM_SPECIALS + 1)
+    length = checks.check_int(length, "length")
+    vocab_size = checks.check_int(vocab_size, "vocab_size", NUM_SPECIALS + 1)
     return (length / (vocab_size - NUM_SPECIALS) + 1.0) / (length + 1.0)
 
 
@@ -314,8 +284,8 @@ def seq2seq_dates(key: PRNGKey, batch_size: int) -> Seq2SeqBatch:
       :class:`Seq2SeqBatch` with src (B, T = DATE_SOURCE_LENGTH = 28) and
       tgt_in / tgt_out (B, S = DATE_TARGET_LENGTH = 11).
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
     k_day, k_fmt = jax.random.split(key)
     days = np.asarray(jax.random.randint(k_day, (batch_size,), 0, _NUM_DAYS))
     fmts = np.asarray(jax.random.randint(k_fmt, (batch_size,), 0, len(DATE_FORMATS)))
@@ -385,9 +355,9 @@ def adding(key: PRNGKey, batch_size: int, *, length: int = 100) -> RegressionBat
     Returns:
       :class:`RegressionBatch` with x (B, T, 2) float32 and y (B,) float32.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    length = _check_int(length, "length", 2)
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    length = checks.check_int(length, "length", 2)
     if length % 2:
         raise ValueError(f"length must be even (the markers fall in each half), got {length}")
     return _adding_core(key, batch_size, length)
@@ -439,9 +409,9 @@ def copying_memory(key: PRNGKey, batch_size: int, *, delay: int = 100) -> Sequen
     Returns:
       :class:`SequenceLabelBatch` with x, y (B, T + 20) int32.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    delay = _check_int(delay, "delay")
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    delay = checks.check_int(delay, "delay")
     return _copying_core(key, batch_size, delay)
 
 
@@ -459,7 +429,7 @@ def _copying_core(key, batch_size, delay):
 def copying_memory_baseline(delay: int = 100) -> float:
     """Memoryless cross-entropy on :func:`copying_memory`: ``10 ln 8 / (T + 20)`` nats per
     step (0.1733 at T = 100, 0.0945 at T = 200)."""
-    delay = _check_int(delay, "delay")
+    delay = checks.check_int(delay, "delay")
     return _COPY_SYMBOLS * math.log(8) / (delay + 2 * _COPY_SYMBOLS)
 
 
@@ -518,8 +488,8 @@ def sequential_digits(key: PRNGKey, batch_size: int, *, split: str = "train",
     Returns:
       :class:`ClassificationBatch` with x (B, 64, 1) float32, y (B,), lengths (B,) = 64.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     data = sequential_digits_data() if data is None else data
@@ -573,10 +543,10 @@ def sentiment(key: PRNGKey, batch_size: int, *, max_clauses: int = 8,
       :class:`ClassificationBatch` with x (B, T = 2 * max_clauses) int32 tokens of
       :data:`SENTIMENT_VOCAB` (0-padded), y (B,) int32 and lengths (B,) = 2 n.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    max_clauses = _check_int(max_clauses, "max_clauses")
-    min_clauses = _check_int(min_clauses, "min_clauses")
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    max_clauses = checks.check_int(max_clauses, "max_clauses")
+    min_clauses = checks.check_int(min_clauses, "min_clauses")
     if min_clauses > max_clauses:
         raise ValueError(f"min_clauses must be <= max_clauses = {max_clauses}, got {min_clauses}")
     return _sentiment_core(key, batch_size, max_clauses, min_clauses)
@@ -617,9 +587,9 @@ def running_parity(key: PRNGKey, batch_size: int, *, length: int = 20) -> Sequen
     Returns:
       :class:`SequenceLabelBatch` with x (B, T, 1) float32 bits and y (B, T) int32.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    length = _check_int(length, "length")
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    length = checks.check_int(length, "length")
     return _parity_core(key, batch_size, length)
 
 
@@ -746,7 +716,7 @@ def stdlib_corpus(*, max_chars: int = 1_000_000, valid_fraction: float = 0.1) ->
     Characters outside
     printable ASCII, tab and newline become ``"?"`` (a compact vocabulary, V <= 98).
     """
-    max_chars = _check_int(max_chars, "max_chars", 100)
+    max_chars = checks.check_int(max_chars, "max_chars", 100)
     valid_fraction = float(valid_fraction)
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
@@ -790,11 +760,10 @@ def lm_windows(key: PRNGKey, tokens: Array, batch_size: int, seq_len: int) -> LM
     Returns:
       :class:`LMBatch` with x, y (B, T) int32.
     """
-    _check_key(key)
-    batch_size = _check_batch_size(batch_size)
-    seq_len = _check_int(seq_len, "seq_len")
-    if not hasattr(tokens, "ndim") or tokens.ndim != 1:
-        raise ValueError(f"tokens must have shape (N,), got {tokens.shape}")
+    checks.check_key(key)
+    batch_size = checks.check_int(batch_size, "batch_size")
+    seq_len = checks.check_int(seq_len, "seq_len")
+    checks.check_array(tokens, "tokens", 1, "(N,)", kind="integer")
     N = tokens.shape[0]
     if N < seq_len + 1:
         raise ValueError(f"tokens has {N} ids; windows of seq_len={seq_len} need at least {seq_len + 1}")
@@ -839,6 +808,5 @@ TASKS: dict[str, Callable[..., NamedTuple]] = {
 
 def get(name: str) -> Callable[..., NamedTuple]:
     """The sampler called ``name`` (one of :data:`TASKS`)."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    checks.check_choice(name, "task name", sorted(TASKS))
     return TASKS[name]

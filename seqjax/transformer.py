@@ -43,23 +43,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import attention as attn
-from seqjax.attention import dense
+from seqjax import checks, layers
+from seqjax.checks import check_tokens
+from seqjax.layers import dense, dropout, layer_norm, sub_key
 from seqjax.types import Array, DType, Params, PRNGKey
 
 __all__ = [
-    "ACTIVATIONS", "POSITIONAL", "StackConfig", "TransformerConfig", "DecoderOnlyConfig",
-    "sinusoidal_table", "PositionalEncoding", "positional_encoding", "layer_norm",
+    "FF_ACTIVATIONS", "POSITIONAL", "StackConfig", "TransformerConfig", "DecoderOnlyConfig",
+    "sinusoidal_table", "PositionalEncoding", "positional_encoding",
     "Layer", "encoder_layer", "decoder_layer", "KVCache", "Stack", "encoder", "decoder",
     "EncoderDecoder", "encoder_decoder",
     "DecodeState", "Transformer", "transformer", "DecoderOnly", "decoder_only",
-    "greedy_decode", "beam_search", "cross_entropy", "check_tokens",
 ]
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),   # exact erf GELU, torch's "gelu"
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
+#: Feed-forward activations (names of :data:`seqjax.layers.ACTIVATIONS`): ReLU, exact erf GELU
+#: (torch's "gelu") and its tanh approximation.
+FF_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 POSITIONAL = ("sinusoidal", "learned")
 
 
@@ -68,27 +67,24 @@ POSITIONAL = ("sinusoidal", "learned")
 
 def _positive(obj, *names):
     for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{type(obj).__name__}.{name} must be an int >= 1, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{type(obj).__name__}.{name} must be >= 1, got {value}")
+        checks.check_int(getattr(obj, name), f"{type(obj).__name__}.{name}")
 
 
 def _common_checks(obj):
+    """The rules every Transformer config shares (sizes, rates, activation, eps)."""
+    cls = type(obj).__name__
     _positive(obj, "model_size", "num_heads", "ff_size")
     if obj.model_size % obj.num_heads:
-        raise ValueError(f"{type(obj).__name__}.num_heads={obj.num_heads} must divide "
-                         f"model_size={obj.model_size}")
-    for name in ("dropout", "attention_dropout"):
-        value = getattr(obj, name)
-        if value is not None and not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be in [0, 1), got {value}")
-    if obj.activation not in ACTIVATIONS:
-        raise ValueError(f"{type(obj).__name__}.activation must be one of {sorted(ACTIVATIONS)}, "
-                         f"got {obj.activation!r}")
-    if not float(obj.layer_norm_eps) > 0:
-        raise ValueError(f"{type(obj).__name__}.layer_norm_eps must be > 0, got {obj.layer_norm_eps}")
+        raise ValueError(f"{cls}.num_heads={obj.num_heads} must divide model_size={obj.model_size}")
+    checks.check_rate(obj.dropout, f"{cls}.dropout")
+    if obj.attention_dropout is not None:
+        checks.check_rate(obj.attention_dropout, f"{cls}.attention_dropout")
+    checks.check_choice(obj.activation, f"{cls}.activation", FF_ACTIVATIONS)
+    checks.check_float(obj.layer_norm_eps, f"{cls}.layer_norm_eps", minimum=0.0, strict_minimum=True)
+    checks.check_bool(obj.norm_first, f"{cls}.norm_first")
+    checks.check_bool(obj.final_norm, f"{cls}.final_norm")
+    if getattr(obj, "positional", None) is not None:
+        checks.check_choice(obj.positional, f"{cls}.positional", POSITIONAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +165,6 @@ class TransformerConfig:
         _common_checks(self)
         _positive(self, "src_vocab_size", "tgt_vocab_size", "num_encoder_layers",
                   "num_decoder_layers", "max_len")
-        if self.positional not in POSITIONAL:
-            raise ValueError(f"TransformerConfig.positional must be one of {POSITIONAL}, got "
-                             f"{self.positional!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("TransformerConfig.share_embeddings needs src_vocab_size == tgt_vocab_size, "
                              f"got {self.src_vocab_size} and {self.tgt_vocab_size}")
@@ -208,9 +201,6 @@ class DecoderOnlyConfig:
     def __post_init__(self):
         _common_checks(self)
         _positive(self, "vocab_size", "num_layers", "max_len")
-        if self.positional not in POSITIONAL:
-            raise ValueError(f"DecoderOnlyConfig.positional must be one of {POSITIONAL}, got "
-                             f"{self.positional!r}")
 
     def stack(self) -> StackConfig:
         return StackConfig(self.model_size, self.num_heads, self.ff_size, self.num_layers, self.dropout,
@@ -219,35 +209,6 @@ class DecoderOnlyConfig:
 
 
 # ----------------------------------------------------------------------------- small pieces
-
-
-def _sub(key: PRNGKey | None, i: int) -> PRNGKey | None:
-    return None if key is None else jax.random.fold_in(key, i)
-
-
-def _dropout(x: Array, rate: float, key: PRNGKey | None) -> Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
-
-
-def layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
-    r"""LayerNorm over the last axis (Ba et al. 2016): ``(x - mean) / sqrt(var + eps) * scale + bias``.
-
-    ``p = {"scale": (D,), "bias": (D,)}`` (``"bias"`` optional); x (..., D). Biased variance, as torch.
-    """
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"]
-    return y + p["bias"] if "bias" in p else y
-
-
-def _ln_init(D: int, use_bias: bool, dtype) -> Params:
-    p = {"scale": jnp.ones((D,), dtype)}
-    if use_bias:
-        p["bias"] = jnp.zeros((D,), dtype)
-    return p
 
 
 def sinusoidal_table(max_len: int, model_size: int, dtype: DType = jnp.float32) -> Array:
@@ -288,19 +249,19 @@ def positional_encoding(kind: str, max_len: int, model_size: int) -> PositionalE
     """A sinusoidal (fixed) or learned (trained table) positional encoding; see :class:`PositionalEncoding`."""
     if kind not in POSITIONAL:
         raise ValueError(f"kind must be one of {POSITIONAL}, got {kind!r}")
-    max_len = attn._check_size(max_len, "max_len")
-    model_size = attn._check_size(model_size, "model_size")
+    max_len = checks.check_int(max_len, "max_len")
+    model_size = checks.check_int(model_size, "model_size")
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
         if kind == "sinusoidal":
             return {}
-        return {"embedding": 0.02 * jax.random.normal(key, (max_len, model_size), dtype)}
+        return layers.embedding_init(key, max_len, model_size, std=0.02, dtype=dtype)
 
     def apply(params: Params, x: Array, offset: int | Array = 0) -> Array:
         T = x.shape[-2]
         if T > max_len:
             raise ValueError(f"sequence length {T} exceeds the positional encoding's max_len={max_len}")
-        start = _concrete_int(offset)
+        start = checks.concrete_int(offset)
         # dynamic_slice clamps out-of-range starts (silently wrong positions): refuse them
         # while the offset is known; a traced offset is the caller's to bound.
         if start is not None and not 0 <= start <= max_len - T:
@@ -314,34 +275,8 @@ def positional_encoding(kind: str, max_len: int, model_size: int) -> PositionalE
     return PositionalEncoding(init, apply, kind, max_len, model_size)
 
 
-def _concrete_int(x) -> int | None:
-    """``int(x)`` for a concrete scalar (Python int or array), None when ``x`` is traced."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return int(np.asarray(x))
-
-
-def check_tokens(tokens, vocab_size: int, name: str = "tokens", ndim: tuple[int, ...] = (2,)) -> Array:
-    """Check integer token ids; their range [0, V) is checked when they are concrete (not traced)."""
-    if not hasattr(tokens, "ndim") or not hasattr(tokens, "dtype"):
-        tokens = jnp.asarray(tokens)
-    if tokens.ndim not in ndim:
-        layout = {1: "(B,)", 2: "(B, T)"}
-        raise ValueError(f"{name} must have shape {' or '.join(layout.get(n, str(n)) for n in ndim)}, "
-                         f"got shape {tuple(tokens.shape)}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        values = np.asarray(tokens)
-        lo, hi = values.min(), values.max()
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"{name} must lie in [0, vocab_size) = [0, {vocab_size}), got min {lo} "
-                             f"and max {hi}")
-    return tokens
-
-
 def _check_inputs(x, name: str, D: int, layout: str) -> None:
-    attn._check_array(x, name, 3, layout)
+    checks.check_array(x, name, 3, layout)
     if x.shape[-1] != D:
         raise ValueError(f"{name} must have D={D} features, got shape {tuple(x.shape)}")
 
@@ -382,19 +317,19 @@ class Layer(NamedTuple):
 def _sublayer(cfg: StackConfig, norm_p, x, fn, key):
     """Residual + LayerNorm around ``fn``, Post-LN or Pre-LN."""
     if cfg.norm_first:
-        return x + _dropout(fn(layer_norm(norm_p, x, cfg.layer_norm_eps)), cfg.dropout, key)
-    return layer_norm(norm_p, x + _dropout(fn(x), cfg.dropout, key), cfg.layer_norm_eps)
+        return x + dropout(fn(layer_norm(norm_p, x, cfg.layer_norm_eps)), cfg.dropout, key)
+    return layer_norm(norm_p, x + dropout(fn(x), cfg.dropout, key), cfg.layer_norm_eps)
 
 
 def _ff(cfg: StackConfig, p, x, key):
-    h = ACTIVATIONS[cfg.activation](dense(p["linear1"], x))                  # (B, T, F)
-    return dense(p["linear2"], _dropout(h, cfg.dropout, key))                 # (B, T, D)
+    h = layers.ACTIVATIONS[cfg.activation](dense(p["linear1"], x))           # (B, T, F)
+    return dense(p["linear2"], dropout(h, cfg.dropout, key))                  # (B, T, D)
 
 
 def _ff_init(key, cfg: StackConfig, dtype):
     k1, k2 = jax.random.split(key)
-    return {"linear1": attn._dense_init(k1, cfg.model_size, cfg.ff_size, cfg.use_bias, dtype),
-            "linear2": attn._dense_init(k2, cfg.ff_size, cfg.model_size, cfg.use_bias, dtype)}
+    return {"linear1": layers.dense_init(k1, cfg.model_size, cfg.ff_size, use_bias=cfg.use_bias, dtype=dtype),
+            "linear2": layers.dense_init(k2, cfg.ff_size, cfg.model_size, use_bias=cfg.use_bias, dtype=dtype)}
 
 
 def _mha(cfg: StackConfig) -> attn.MultiHeadAttention:
@@ -425,19 +360,19 @@ def encoder_layer(cfg: StackConfig) -> Layer:
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
         ka, kf = jax.random.split(key)
         return {"self_attn": mha.init(ka, D, dtype=dtype), "ff": _ff_init(kf, cfg, dtype),
-                "norm1": _ln_init(D, cfg.use_bias, dtype), "norm2": _ln_init(D, cfg.use_bias, dtype)}
+                "norm1": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype), "norm2": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)}
 
     def _body(params, x, mask, key):
         x = _sublayer(cfg, params["norm1"], x,
-                      lambda h: mha.apply(params["self_attn"], h, mask=mask, dropout_key=_sub(key, 0)),
-                      _sub(key, 1))
-        return _sublayer(cfg, params["norm2"], x, lambda h: _ff(cfg, params["ff"], h, _sub(key, 2)),
-                         _sub(key, 3))
+                      lambda h: mha.apply(params["self_attn"], h, mask=mask, dropout_key=sub_key(key, 0)),
+                      sub_key(key, 1))
+        return _sublayer(cfg, params["norm2"], x, lambda h: _ff(cfg, params["ff"], h, sub_key(key, 2)),
+                         sub_key(key, 3))
 
     def apply(params: Params, x: Array, *, mask: Array | None = None,
               dropout_key: PRNGKey | None = None) -> Array:
         _check_inputs(x, "x", D, "(B, T, D)")
-        attn.check_mask(mask, (x.shape[0], N, x.shape[1], x.shape[1]))
+        checks.check_mask(mask, (x.shape[0], N, x.shape[1], x.shape[1]))
         return _body(params, x, mask, dropout_key)
 
     def step(params: Params, x: Array, cache: KVCache, index, *, memory_kv=None, memory_mask=None):
@@ -468,8 +403,8 @@ def decoder_layer(cfg: StackConfig) -> Layer:
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
         ka, kc, kf = jax.random.split(key, 3)
         return {"self_attn": mha.init(ka, D, dtype=dtype), "cross_attn": mha.init(kc, D, dtype=dtype),
-                "ff": _ff_init(kf, cfg, dtype), "norm1": _ln_init(D, cfg.use_bias, dtype),
-                "norm2": _ln_init(D, cfg.use_bias, dtype), "norm3": _ln_init(D, cfg.use_bias, dtype)}
+                "ff": _ff_init(kf, cfg, dtype), "norm1": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype),
+                "norm2": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype), "norm3": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)}
 
     def apply(params: Params, x: Array, memory: Array, *, tgt_mask: Array | None = None,
               memory_mask: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
@@ -478,16 +413,16 @@ def decoder_layer(cfg: StackConfig) -> Layer:
         if memory.shape[0] != x.shape[0]:
             raise ValueError(f"memory batch {memory.shape[0]} does not match x batch {x.shape[0]}")
         B, S, T = x.shape[0], x.shape[1], memory.shape[1]
-        attn.check_mask(tgt_mask, (B, N, S, S), "tgt_mask")
-        attn.check_mask(memory_mask, (B, N, S, T), "memory_mask")
+        checks.check_mask(tgt_mask, (B, N, S, S), "tgt_mask")
+        checks.check_mask(memory_mask, (B, N, S, T), "memory_mask")
         key = dropout_key
         x = _sublayer(cfg, params["norm1"], x, lambda h: mha.apply(
-            params["self_attn"], h, mask=tgt_mask, dropout_key=_sub(key, 0)), _sub(key, 1))
+            params["self_attn"], h, mask=tgt_mask, dropout_key=sub_key(key, 0)), sub_key(key, 1))
         x = _sublayer(cfg, params["norm2"], x, lambda h: mha.apply(
-            params["cross_attn"], h, memory, memory, mask=memory_mask, dropout_key=_sub(key, 2)),
-            _sub(key, 3))
-        return _sublayer(cfg, params["norm3"], x, lambda h: _ff(cfg, params["ff"], h, _sub(key, 4)),
-                         _sub(key, 5))
+            params["cross_attn"], h, memory, memory, mask=memory_mask, dropout_key=sub_key(key, 2)),
+            sub_key(key, 3))
+        return _sublayer(cfg, params["norm3"], x, lambda h: _ff(cfg, params["ff"], h, sub_key(key, 4)),
+                         sub_key(key, 5))
 
     def step(params: Params, x: Array, cache: KVCache, index, *, memory_kv=None, memory_mask=None):
         new = {}
@@ -554,7 +489,7 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
         keys = jax.random.split(key, L)
         params = {"layers": [layer.init(k, dtype) for k in keys]}
         if cfg.final_norm:
-            params["norm"] = _ln_init(D, cfg.use_bias, dtype)
+            params["norm"] = layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)
         return params
 
     def _final(params, x):
@@ -566,7 +501,7 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
             _check_stack_params(params, L)
             for i, p in enumerate(params["layers"]):
                 x = layer.apply(p, x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
-                                dropout_key=_sub(dropout_key, i))
+                                dropout_key=sub_key(dropout_key, i))
             return _final(params, x)
 
         def memory_kv(params: Params, memory: Array) -> list:
@@ -577,7 +512,7 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
                   dropout_key: PRNGKey | None = None) -> Array:
             _check_stack_params(params, L)
             for i, p in enumerate(params["layers"]):
-                x = layer.apply(p, x, mask=mask, dropout_key=_sub(dropout_key, i))
+                x = layer.apply(p, x, mask=mask, dropout_key=sub_key(dropout_key, i))
             return _final(params, x)
         memory_kv = None
 
@@ -643,9 +578,9 @@ def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig) -> Encod
     def apply(params: Params, src: Array, tgt: Array, *, src_mask: Array | None = None,
               tgt_mask: Array | None = None, memory_mask: Array | None = None,
               dropout_key: PRNGKey | None = None) -> Array:
-        memory = enc.apply(params["encoder"], src, mask=src_mask, dropout_key=_sub(dropout_key, 0))
+        memory = enc.apply(params["encoder"], src, mask=src_mask, dropout_key=sub_key(dropout_key, 0))
         return dec.apply(params["decoder"], tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
-                         dropout_key=_sub(dropout_key, 1))
+                         dropout_key=sub_key(dropout_key, 1))
 
     return EncoderDecoder(init, apply, jax.jit(apply), enc, dec)
 
@@ -678,11 +613,11 @@ class DecodeState(NamedTuple):
 
 def _embed_init(key, V, D, dtype):
     # N(0, D^-1/2): after the sqrt(D) scale the embedded tokens have unit variance.
-    return {"embedding": jax.random.normal(key, (V, D), dtype) * D ** -0.5}
+    return layers.embedding_init(key, V, D, std=D ** -0.5, dtype=dtype)
 
 
 def _embed(p, tokens, D):
-    return jnp.take(p["embedding"], tokens, axis=0) * math.sqrt(D)          # (B, T, D)
+    return layers.embed(p, tokens, scale=math.sqrt(D))                         # (B, T, D)
 
 
 def _logits(params, h, tied_key):
@@ -695,12 +630,12 @@ def _logits(params, h, tied_key):
 def _output_init(key, D, V, tie, dtype):
     if tie:
         return {"bias": jnp.zeros((V,), dtype)}
-    return attn._dense_init(key, D, V, True, dtype)
+    return layers.dense_init(key, D, V, dtype=dtype)
 
 
 def _check_cache_room(state: DecodeState, s: int) -> None:
     """Refuse a concrete ``state.index`` whose s new tokens would overrun the KV cache."""
-    index = _concrete_int(state.index)
+    index = checks.concrete_int(state.index)
     S_max = state.caches[0].key.shape[1]
     if index is not None and index + s > S_max:
         raise ValueError(f"decode_step: {s} token(s) at state.index={index} need {index + s} positions, "
@@ -739,6 +674,9 @@ class Transformer(NamedTuple):
         (B,) or (B, s) at positions ``state.index..``; logits (B, Vt) or (B, s, Vt).
         Needs ``state.index + s <= `` the cache length (checked when the index is
         concrete; see :class:`DecodeState`).
+      start: the decode protocol of :mod:`seqjax.decoding`: ``start(params, src, max_len,
+        *, sos_id, src_lengths=None) -> (logits (B, Vt), state)``: encodes ``src`` (B, T),
+        sizes the cache for ``max_len`` generated tokens and feeds ``sos_id``.
       config: the :class:`TransformerConfig`.
     """
 
@@ -749,7 +687,13 @@ class Transformer(NamedTuple):
     apply_jit: Callable[..., Array]
     init_decode: Callable[..., DecodeState]
     decode_step: Callable[..., tuple[Array, DecodeState]]
+    start: Callable[..., tuple[Array, DecodeState]]
     config: TransformerConfig
+
+    @property
+    def vocab_size(self) -> int:
+        """V of the generated (target) tokens: the decode protocol's vocabulary."""
+        return self.config.tgt_vocab_size
 
 
 def transformer(cfg: TransformerConfig) -> Transformer:
@@ -771,33 +715,31 @@ def transformer(cfg: TransformerConfig) -> Transformer:
             params["tgt_embed"] = _embed_init(ks[1], Vt, D, dtype)
         return params
 
-    def _src_mask(src, src_lengths):
+    def _src_mask(B, T, src_lengths):
         if src_lengths is None:
             return None
-        lengths = jnp.asarray(src_lengths)
-        if lengths.shape != (src.shape[0],) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"src_lengths must be (B,) = ({src.shape[0]},) integers, got shape "
-                             f"{tuple(lengths.shape)} and dtype {lengths.dtype}")
-        return attn.padding_mask(lengths, src.shape[1])                      # (B, 1, 1, T)
+        lengths = checks.check_lengths(src_lengths, B, T, "src_lengths")
+        return attn.padding_mask(lengths, T)                                  # (B, 1, 1, T)
 
     def _embed_pos(params, name, pos_name, tokens, offset, key):
         x = pos.apply(params[pos_name], _embed(params[name], tokens, D), offset)
-        return _dropout(x, cfg.dropout, key)
+        return dropout(x, cfg.dropout, key)
 
     def encode(params: Params, src: Array, *, src_lengths: Array | None = None,
                dropout_key: PRNGKey | None = None) -> Array:
         src = check_tokens(src, Vs, "src")
-        x = _embed_pos(params, "src_embed", "src_pos", src, 0, _sub(dropout_key, 0))
-        return enc.apply(params["encoder"], x, mask=_src_mask(src, src_lengths),
-                         dropout_key=_sub(dropout_key, 1))
+        x = _embed_pos(params, "src_embed", "src_pos", src, 0, sub_key(dropout_key, 0))
+        return enc.apply(params["encoder"], x, mask=_src_mask(*src.shape, src_lengths),
+                         dropout_key=sub_key(dropout_key, 1))
 
     def decode(params: Params, memory: Array, tgt_in: Array, *, src_lengths: Array | None = None,
                dropout_key: PRNGKey | None = None) -> Array:
         tgt_in = check_tokens(tgt_in, Vt, "tgt_in")
-        mmask = None if src_lengths is None else attn.padding_mask(jnp.asarray(src_lengths), memory.shape[1])
-        y = _embed_pos(params, tgt_key, "tgt_pos", tgt_in, 0, _sub(dropout_key, 2))
+        checks.check_array(memory, "memory", 3, "(B, T, D)")
+        mmask = _src_mask(memory.shape[0], memory.shape[1], src_lengths)      # (B, 1, 1, T)
+        y = _embed_pos(params, tgt_key, "tgt_pos", tgt_in, 0, sub_key(dropout_key, 2))
         h = dec.apply(params["decoder"], y, memory, tgt_mask=attn.causal_mask(tgt_in.shape[1]),
-                      memory_mask=mmask, dropout_key=_sub(dropout_key, 3))
+                      memory_mask=mmask, dropout_key=sub_key(dropout_key, 3))
         return _logits(params, h, tgt_key)
 
     def apply(params: Params, src: Array, tgt_in: Array, *, src_lengths: Array | None = None,
@@ -810,7 +752,7 @@ def transformer(cfg: TransformerConfig) -> Transformer:
         _check_decode_len(max_len, 0, cfg.max_len, "max_len")
         memory = encode(params, src, src_lengths=src_lengths)
         return DecodeState(dec.init_cache(src.shape[0], max_len, memory.dtype),
-                           dec.memory_kv(params["decoder"], memory), _src_mask(src, src_lengths),
+                           dec.memory_kv(params["decoder"], memory), _src_mask(*src.shape, src_lengths),
                            jnp.zeros((), jnp.int32))
 
     def decode_step(params: Params, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
@@ -825,7 +767,18 @@ def transformer(cfg: TransformerConfig) -> Transformer:
         state = state._replace(caches=caches, index=state.index + tokens.shape[1])
         return (logits[:, 0] if single else logits), state
 
-    return Transformer(init, encode, decode, apply, jax.jit(apply), init_decode, decode_step, cfg)
+    def start(params: Params, src: Array, max_len: int, *, sos_id: int | None = None,
+              src_lengths: Array | None = None) -> tuple[Array, DecodeState]:
+        if sos_id is None:
+            raise ValueError("sos_id is required to decode with an encoder-decoder Transformer")
+        checks.check_token_id(sos_id, "sos_id", Vt)
+        src = check_tokens(src, Vs, "src")
+        # positions 0 (SOS) .. max_len - 1 are fed; the last generated token is never fed back
+        _check_decode_len(max_len, 1, cfg.max_len + 1)
+        state = init_decode(params, src, max_len, src_lengths=src_lengths)
+        return decode_step(params, state, jnp.full((src.shape[0],), sos_id, jnp.int32))
+
+    return Transformer(init, encode, decode, apply, jax.jit(apply), init_decode, decode_step, start, cfg)
 
 
 class DecoderOnly(NamedTuple):
@@ -842,6 +795,9 @@ class DecoderOnly(NamedTuple):
       init_decode: ``init_decode(params, batch_size, max_len, dtype=float32) -> DecodeState``.
       decode_step: ``decode_step(params, state, tokens) -> (logits, state)``, as
         :attr:`Transformer.decode_step` (pass a (B, P) prompt to prefill).
+      start: the decode protocol of :mod:`seqjax.decoding`: ``start(params, prompt, max_len)
+        -> (logits (B, V), state)``: prefills the cache with the prompt (B, P) in one call
+        and returns the logits after its last token; the cache holds P + max_len - 1.
       config: the :class:`DecoderOnlyConfig`.
     """
 
@@ -850,7 +806,13 @@ class DecoderOnly(NamedTuple):
     apply_jit: Callable[..., Array]
     init_decode: Callable[..., DecodeState]
     decode_step: Callable[..., tuple[Array, DecodeState]]
+    start: Callable[..., tuple[Array, DecodeState]]
     config: DecoderOnlyConfig
+
+    @property
+    def vocab_size(self) -> int:
+        """V: the decode protocol's vocabulary."""
+        return self.config.vocab_size
 
 
 def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
@@ -868,10 +830,10 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
 
     def apply(params: Params, tokens: Array, *, dropout_key: PRNGKey | None = None) -> Array:
         tokens = check_tokens(tokens, V, "tokens")
-        x = _dropout(pos.apply(params["pos"], _embed(params["embed"], tokens, D)), cfg.dropout,
-                     _sub(dropout_key, 0))
+        x = dropout(pos.apply(params["pos"], _embed(params["embed"], tokens, D)), cfg.dropout,
+                     sub_key(dropout_key, 0))
         h = stack.apply(params["decoder"], x, mask=attn.causal_mask(tokens.shape[1]),
-                        dropout_key=_sub(dropout_key, 1))
+                        dropout_key=sub_key(dropout_key, 1))
         return _logits(params, h, "embed")
 
     def init_decode(params: Params, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> DecodeState:
@@ -889,204 +851,18 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         state = state._replace(caches=caches, index=state.index + tokens.shape[1])
         return (logits[:, 0] if single else logits), state
 
-    return DecoderOnly(init, apply, jax.jit(apply), init_decode, decode_step, cfg)
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def _start(model, params, inputs, max_len, sos_id, src_lengths):
-    """(logits (B, V) for the first generated token, DecodeState)."""
-    if isinstance(model, Transformer):
-        if sos_id is None:
-            raise ValueError("sos_id is required to decode with an encoder-decoder Transformer")
-        inputs = check_tokens(inputs, model.config.src_vocab_size, "src")
-        # positions 0 (SOS) .. max_len; the last generated token is never fed back
-        _check_decode_len(max_len, 1, model.config.max_len + 1)
-        state = model.init_decode(params, inputs, max_len, src_lengths=src_lengths)
-        sos = jnp.full((inputs.shape[0],), sos_id, jnp.int32)
-        return model.decode_step(params, state, sos)
-    if isinstance(model, DecoderOnly):
-        inputs = check_tokens(inputs, model.config.vocab_size, "prompt")
-        P = inputs.shape[1]
-        _check_decode_len(max_len, P, model.config.max_len + 1)
-        state = model.init_decode(params, inputs.shape[0], P + max_len - 1)
-        logits, state = model.decode_step(params, state, inputs)
+    def start(params: Params, prompt: Array, max_len: int, *, sos_id: int | None = None,
+              src_lengths: Array | None = None) -> tuple[Array, DecodeState]:
+        if sos_id is not None or src_lengths is not None:
+            raise ValueError("a decoder-only model takes neither sos_id nor src_lengths: put any start "
+                             "token in the prompt (every prompt has the same length P)")
+        prompt = check_tokens(prompt, V, "prompt")
+        if prompt.shape[1] < 1:
+            raise ValueError(f"prompt must hold at least one token, got shape {tuple(prompt.shape)}")
+        P = prompt.shape[1]
+        _check_decode_len(max_len, P, cfg.max_len + 1)
+        state = init_decode(params, prompt.shape[0], P + max_len - 1)
+        logits, state = decode_step(params, state, prompt)
         return logits[:, -1], state
-    raise TypeError(f"model must be a Transformer or DecoderOnly, got {type(model).__name__}")
 
-
-def _check_ids(model, **ids):
-    V = model.config.tgt_vocab_size if isinstance(model, Transformer) else model.config.vocab_size
-    for name, value in ids.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < V:
-            raise ValueError(f"{name} must be a token id in [0, {V}), got {value!r}")
-
-
-def _ban(logits, pad_id):
-    return logits if pad_id is None else logits.at[..., pad_id].set(-jnp.inf)
-
-
-def greedy_decode(model, params: Params, inputs: Array, *, max_len: int, eos_id: int,
-                  sos_id: int | None = None, pad_id: int | None = 0,
-                  src_lengths: Array | None = None) -> Array:
-    """Greedy decoding with a key/value cache, on device (``lax.while_loop``).
-
-    Args:
-      model: a :class:`Transformer` (``inputs`` = src (B, T), needs ``sos_id``) or a
-        :class:`DecoderOnly` (``inputs`` = a prompt (B, P)).
-      params: the model's params.
-      inputs: int token ids.
-      max_len: the number of tokens to generate, >= 1.
-      eos_id: a sequence stops after emitting it; later positions hold ``pad_id``.
-      sos_id: the first decoder input of a :class:`Transformer`.
-      pad_id: filler after EOS; never generated (None: no such token, fill with eos_id).
-      src_lengths: (B,) source lengths (Transformer only).
-
-    Returns:
-      (B, max_len) int32 generated tokens (EOS included, then padding). The loop
-      stops early once every sequence has emitted EOS.
-    """
-    _check_ids(model, eos_id=eos_id, sos_id=sos_id, pad_id=pad_id)
-    logits, state = _start(model, params, inputs, max_len, sos_id, src_lengths)
-    B = logits.shape[0]
-    fill = eos_id if pad_id is None else pad_id
-
-    def cond(c):
-        t, _, _, _, finished = c
-        return (t < max_len) & ~jnp.all(finished)
-
-    def body(c):
-        t, state, logits, tokens, finished = c
-        tok = jnp.argmax(_ban(logits, pad_id), axis=-1).astype(jnp.int32)
-        tok = jnp.where(finished, fill, tok)
-        tokens = tokens.at[:, t].set(tok)
-        finished = finished | (tok == eos_id)
-        logits, state = jax.lax.cond(t + 1 < max_len, lambda: model.decode_step(params, state, tok),
-                                     lambda: (logits, state))
-        return t + 1, state, logits, tokens, finished
-
-    init = (jnp.zeros((), jnp.int32), state, logits, jnp.full((B, max_len), fill, jnp.int32),
-            jnp.zeros((B,), bool))
-    return jax.lax.while_loop(cond, body, init)[3]
-
-
-def _length_penalty(length, alpha):
-    """GNMT length penalty (Wu et al. 2016, eq. 14): ((5 + |Y|) / 6)^alpha."""
-    return ((5.0 + length) / 6.0) ** alpha
-
-
-def beam_search(model, params: Params, inputs: Array, *, beam_size: int, max_len: int, eos_id: int,
-                sos_id: int | None = None, pad_id: int | None = 0, length_penalty: float = 0.6,
-                src_lengths: Array | None = None) -> tuple[Array, Array]:
-    r"""Beam search with the GNMT length penalty, per sequence, on device.
-
-    Each of the W beams of every sequence is ranked by
-    :math:`\log p(Y) / lp(Y)`, :math:`lp(Y) = ((5 + |Y|)/6)^\alpha` (Wu et al. 2016);
-    ``length_penalty`` is alpha (0: raw log-probability). A beam that emits EOS is
-    finished: it keeps its score and length and competes with the live beams at every
-    later step. The loop stops when all beams of all sequences are finished or after
-    ``max_len`` tokens. With ``beam_size=1`` this is exactly :func:`greedy_decode`.
-
-    Args: as :func:`greedy_decode`, plus
-      beam_size: W, 1 <= W <= V (V - 1 when ``pad_id`` is banned).
-      length_penalty: alpha >= 0.
-
-    Returns:
-      ``(tokens, scores)``: tokens (B, W, max_len) int32 (EOS included, then pad),
-      best first; scores (B, W) the length-normalised log-probabilities.
-    """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
-        raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
-    if not float(length_penalty) >= 0.0:
-        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-    _check_ids(model, eos_id=eos_id, sos_id=sos_id, pad_id=pad_id)
-    V = model.config.tgt_vocab_size if isinstance(model, Transformer) else model.config.vocab_size
-    # Fewer than W finite first-step candidates would leave -inf beams that never finish.
-    usable = V - (pad_id is not None)
-    if beam_size > usable:
-        banned = f" minus pad_id={pad_id}, which is never generated" if pad_id is not None else ""
-        raise ValueError(f"beam_size={beam_size} exceeds the {usable} tokens beam search can emit "
-                         f"(vocab size {V}{banned}); use beam_size <= {usable}")
-    W, alpha = int(beam_size), float(length_penalty)
-    fill = eos_id if pad_id is None else pad_id
-    logits, state = _start(model, params, inputs, max_len, sos_id, src_lengths)
-    B, V = logits.shape
-    # Expand every batch leaf to B*W rows, row b*W + w (the scalar index stays).
-    tile = lambda a: a if a.ndim == 0 else jnp.repeat(a, W, axis=0)        # noqa: E731
-    state = jax.tree.map(tile, state)
-    logits = tile(logits)
-
-    def cond(c):
-        t = c[0]
-        return (t < max_len) & ~jnp.all(c[5])
-
-    def body(c):
-        t, state, logits, tokens, raw, finished, lengths = c
-        logp = jax.nn.log_softmax(_ban(logits.astype(jnp.float32), pad_id), axis=-1).reshape(B, W, V)
-        live = raw[..., None] + logp                                          # (B, W, V)
-        # a finished beam has one continuation, `fill`, at its own score
-        done = jnp.full((B, W, V), -jnp.inf).at[..., fill].set(raw)
-        cand = jnp.where(finished[..., None], done, live)
-        cand_len = jnp.where(finished, lengths, t + 1)[..., None]              # (B, W, 1)
-        norm = (cand / _length_penalty(cand_len.astype(jnp.float32), alpha)).reshape(B, W * V)
-        _, idx = jax.lax.top_k(norm, W)                                       # (B, W)
-        beam, tok = idx // V, (idx % V).astype(jnp.int32)
-        raw = jnp.take_along_axis(cand.reshape(B, W * V), idx, axis=1)
-        parent_done = jnp.take_along_axis(finished, beam, axis=1)
-        lengths = jnp.where(parent_done, jnp.take_along_axis(lengths, beam, axis=1), t + 1)
-        finished = parent_done | (tok == eos_id)
-        tokens = jnp.take_along_axis(tokens, beam[..., None], axis=1).at[:, :, t].set(tok)
-        rows = (jnp.arange(B)[:, None] * W + beam).reshape(B * W)
-        state = jax.tree.map(lambda a: a if a.ndim == 0 else jnp.take(a, rows, axis=0), state)
-        logits, state = jax.lax.cond(t + 1 < max_len,
-                                     lambda: model.decode_step(params, state, tok.reshape(B * W)),
-                                     lambda: (logits, state))
-        return t + 1, state, logits, tokens, raw, finished, lengths
-
-    raw0 = jnp.full((B, W), -jnp.inf).at[:, 0].set(0.0)                     # only beam 0 is live at t=0
-    init = (jnp.zeros((), jnp.int32), state, logits, jnp.full((B, W, max_len), fill, jnp.int32), raw0,
-            jnp.zeros((B, W), bool), jnp.zeros((B, W), jnp.int32))
-    _, _, _, tokens, raw, finished, lengths = jax.lax.while_loop(cond, body, init)
-    scores = raw / _length_penalty(jnp.maximum(lengths, 1).astype(jnp.float32), alpha)
-    order = jnp.argsort(-scores, axis=1, stable=True)
-    return (jnp.take_along_axis(tokens, order[..., None], axis=1),
-            jnp.take_along_axis(scores, order, axis=1))
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def cross_entropy(logits: Array, targets: Array, *, label_smoothing: float = 0.0,
-                  ignore_id: int | None = 0) -> Array:
-    r"""Mean label-smoothed cross-entropy over the non-ignored targets.
-
-    With smoothing :math:`\epsilon` and V classes the target distribution is
-    :math:`(1-\epsilon)\,\mathrm{onehot}(y) + \epsilon / V` (Szegedy et al. 2016;
-    ``torch.nn.functional.cross_entropy(label_smoothing=eps, ignore_index=...)``):
-
-    .. math::
-        \ell = (1 - \epsilon)(-\log p_y) + \frac{\epsilon}{V}\sum_v (-\log p_v)
-
-    Args:
-      logits: (..., V) float, e.g. (B, S, V).
-      targets: (...) int ids in [0, V), e.g. (B, S).
-      label_smoothing: epsilon in [0, 1).
-      ignore_id: targets equal to it (padding) contribute nothing; None ignores nothing.
-
-    Returns:
-      () the mean over counted targets (0 when there are none).
-    """
-    attn._check_array(logits, "logits", tuple(range(1, 8)), "(..., V)")
-    if not hasattr(targets, "shape") or tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"targets must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
-                         f"got {tuple(getattr(targets, 'shape', ()))}")
-    check_tokens(targets, logits.shape[-1], "targets", (targets.ndim,))
-    eps = attn._check_rate(label_smoothing, "label_smoothing")
-    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    loss = (1.0 - eps) * nll + eps * (-jnp.mean(logp, axis=-1)) if eps else nll
-    weight = jnp.ones_like(loss) if ignore_id is None else (targets != ignore_id).astype(loss.dtype)
-    return jnp.sum(loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return DecoderOnly(init, apply, jax.jit(apply), init_decode, decode_step, start, cfg)
