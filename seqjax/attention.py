@@ -412,6 +412,12 @@ def _query_keys(query, keys, values, mask):
     return query, values, mask, single
 
 
+def _check_width(x: Array, name: str, width: int, init_arg: str) -> None:
+    if x.shape[-1] != width:
+        raise ValueError(f"{name} has {x.shape[-1]} features (shape {tuple(x.shape)}) but the params "
+                         f"were initialised for {init_arg}={width}")
+
+
 class AdditiveAttention(NamedTuple):
     """Bahdanau attention: see :func:`additive_attention`.
 
@@ -463,6 +469,8 @@ def additive_attention(hidden_size: int) -> AdditiveAttention:
     def apply(params: Params, query: Array, keys: Array, values: Array | None = None, *,
               mask: Array | None = None, projected_keys: Array | None = None):
         query, values, mask, single = _query_keys(query, keys, values, mask)
+        _check_width(query, "query", params["query"]["kernel"].shape[0], "query_size")
+        _check_width(keys, "keys", params["key"]["kernel"].shape[0], "key_size")
         pk = project_keys(params, keys) if projected_keys is None else projected_keys
         pq = dense(params["query"], query)                                    # (B, S, A)
         e = dense(params["energy"], jnp.tanh(pq[:, :, None, :] + pk[:, None, :, :]))[..., 0]
@@ -521,10 +529,14 @@ def luong_attention(score: str = "general", *, scale: bool = False) -> LuongAtte
     def apply(params: Params, query: Array, keys: Array, values: Array | None = None, *,
               mask: Array | None = None):
         query, values, mask, single = _query_keys(query, keys, values, mask)
+        if score == "general":
+            _check_width(query, "query", params["kernel"].shape[0], "query_size")
+            _check_width(keys, "keys", params["kernel"].shape[1], "key_size")
         q = query @ params["kernel"] if score == "general" else query         # (B, S, Ek)
         if q.shape[-1] != keys.shape[-1]:
             raise ValueError(f"query width {q.shape[-1]} does not match keys width "
-                             f"{keys.shape[-1]} for score={score!r}")
+                             f"{keys.shape[-1]} for score={score!r}; use score='general' for "
+                             "different widths")
         e = jnp.einsum("bse,bte->bst", q, keys)
         if scale:
             e = e / math.sqrt(keys.shape[-1])

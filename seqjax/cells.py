@@ -50,7 +50,8 @@ import jax.numpy as jnp
 from seqjax import checks, layers
 from seqjax.types import Array, Carry, DType, Params, PRNGKey, Shape
 
-__all__ = ["Cell", "LSTMState", "simple_rnn", "irnn", "lstm", "gru", "make", "CELL_NAMES",
+__all__ = ["Cell", "LSTMState", "simple_rnn", "irnn", "lstm", "gru", "make", "CELL_NAMES", "check_params",
+           "hidden_proj",
            "RNN_ACTIVATIONS", "DEFAULT_FORGET_BIAS"]
 
 
@@ -149,14 +150,41 @@ def _identity(carry: Array) -> Array:
     return carry
 
 
+def check_params(params: Params, hidden_size: int, gates: int, name: str,
+                 input_size: int | None = None) -> None:
+    """Shape-check a cell's params: ``w_hh`` (H, G*H), ``w_ih`` (E, G*H), biases (G*H,).
+
+    Static shapes only (free under ``jit``). Catches params of another cell or width
+    (LSTM params in a GRU, H=64 params in an H=32 cell) before an obscure matmul or
+    split error from deep inside the scan.
+    """
+    want = gates * hidden_size
+    try:
+        w_ih, w_hh = params["w_ih"], params["w_hh"]
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"params of a {name!r} cell must be the dict cell.init returns, with 'w_ih' "
+                         f"(E, {gates}*H) and 'w_hh' (H, {gates}*H); got {type(params).__name__} "
+                         f"{sorted(params) if isinstance(params, dict) else ''}") from err
+    if tuple(w_hh.shape) != (hidden_size, want):
+        raise ValueError(f"params['w_hh'] must have shape (H, G*H) = ({hidden_size}, {want}) for a "
+                         f"{name!r} cell with H={hidden_size}, got {tuple(w_hh.shape)} (params of "
+                         "another cell or hidden size?)")
+    if w_ih.ndim != 2 or w_ih.shape[1] != want:
+        raise ValueError(f"params['w_ih'] must have shape (E, G*H) = (E, {want}), got {tuple(w_ih.shape)}")
+    if input_size is not None and w_ih.shape[0] != input_size:
+        raise ValueError(f"x has {input_size} features but the cell's params were initialised for "
+                         f"input_size E={w_ih.shape[0]}")
+
+
 def _build(init, initial_carry, output, pointwise, pointwise_backward, hidden_size: int, name: str,
-           bias: bool) -> Cell:
+           bias: bool, gates: int) -> Cell:
     """A :class:`Cell` whose ``recurrent_step`` and ``step`` are ``pointwise`` after the projections."""
     def recurrent_step(params: Params, carry: Carry, xp: Array) -> tuple[Carry, Array]:
         carry, y, _ = pointwise(carry, xp, hidden_proj(params, output(carry)))
         return carry, y
 
     def step(params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        check_params(params, hidden_size, gates, name, x.shape[-1])         # trace time only
         return recurrent_step(params, carry, _input_proj(params, x))
 
     return Cell(init, initial_carry, step, _input_proj, recurrent_step, output, hidden_size, name, bias,
@@ -206,7 +234,7 @@ def simple_rnn(hidden_size: int, activation: str = "tanh", *, bias: bool = True)
         return jnp.zeros_like(dh), da, None
 
     return _build(init, _zeros_carry(hidden_size), _identity, pointwise, pointwise_backward,
-                  hidden_size, f"rnn_{activation}", bias)
+                  hidden_size, f"rnn_{activation}", bias, 1)
 
 
 def irnn(hidden_size: int, *, input_std: float = 1e-3) -> Cell:
@@ -288,7 +316,7 @@ def lstm(hidden_size: int, forget_bias: float = DEFAULT_FORGET_BIAS, *, bias: bo
                               dc * i * (1.0 - g * g), d * tc * o * (1.0 - o)], axis=-1)
         return LSTMState(jnp.zeros_like(d), dc * f), da, None
 
-    return _build(init, initial_carry, lambda carry: carry.h, pointwise, pointwise_backward, H, "lstm", bias)
+    return _build(init, initial_carry, lambda carry: carry.h, pointwise, pointwise_backward, H, "lstm", bias, 4)
 
 
 def gru(hidden_size: int, *, bias: bool = True) -> Cell:
@@ -334,7 +362,7 @@ def gru(hidden_size: int, *, bias: bool = True) -> Cell:
         return d * z, jnp.concatenate([dr, dz, dn], axis=-1), jnp.concatenate([dr, dz, dn * r], axis=-1)
 
     return _build(init, _zeros_carry(hidden_size), _identity, pointwise, pointwise_backward,
-                  hidden_size, "gru", bias)
+                  hidden_size, "gru", bias, 3)
 
 
 _FACTORIES: dict[str, Callable[..., Cell]] = {
