@@ -42,40 +42,41 @@ from seqjax import attention as attn
 from seqjax import transformer as tfm
 from seqjax.types import Params
 
-__all__ = ["CONVERTERS", "mha_from_torch", "encoder_layer_from_torch", "decoder_layer_from_torch",
+__all__ = ["CONVERTERS", "to_jax", "mha_from_torch", "encoder_layer_from_torch", "decoder_layer_from_torch",
            "encoder_from_torch", "decoder_from_torch", "transformer_from_torch"]
 
 
-def _t(tensor) -> jnp.ndarray:
+def to_jax(tensor) -> jnp.ndarray:
+    """A torch tensor (any device) -> a float32 JAX array with the same values."""
     return jnp.asarray(tensor.detach().cpu().float().numpy())
 
 
 def _linear(lin) -> Params:
-    p = {"kernel": _t(lin.weight).T}
+    p = {"kernel": to_jax(lin.weight).T}
     if lin.bias is not None:
-        p["bias"] = _t(lin.bias)
+        p["bias"] = to_jax(lin.bias)
     return p
 
 
 def _norm(ln) -> Params:
     if ln.weight is None:
         raise ValueError("LayerNorm with elementwise_affine=False is not supported")
-    p = {"scale": _t(ln.weight)}
+    p = {"scale": to_jax(ln.weight)}
     if ln.bias is not None:
-        p["bias"] = _t(ln.bias)
+        p["bias"] = to_jax(ln.bias)
     return p
 
 
 def _mha_params(m) -> Params:
     D = m.embed_dim
     if m._qkv_same_embed_dim:
-        w = _t(m.in_proj_weight)                                               # (3D, D)
+        w = to_jax(m.in_proj_weight)                                               # (3D, D)
         ws = [w[:D], w[D:2 * D], w[2 * D:]]
     else:
-        ws = [_t(m.q_proj_weight), _t(m.k_proj_weight), _t(m.v_proj_weight)]   # (D, E*) each
+        ws = [to_jax(m.q_proj_weight), to_jax(m.k_proj_weight), to_jax(m.v_proj_weight)]   # (D, E*) each
     params = {name: {"kernel": w.T} for name, w in zip(("query", "key", "value"), ws)}
     if m.in_proj_bias is not None:
-        b = _t(m.in_proj_bias)
+        b = to_jax(m.in_proj_bias)
         for i, name in enumerate(("query", "key", "value")):
             params[name]["bias"] = b[i * D:(i + 1) * D]
     params["out"] = _linear(m.out_proj)

@@ -27,11 +27,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from seqjax import cells, recurrent
+from seqjax._torch_transformer import CONVERTERS, to_jax
 from seqjax.types import Array, Params
 
 __all__ = ["from_torch", "FlaxLayer", "flax_cell_params"]
@@ -44,11 +43,6 @@ def _require_torch():
         raise ImportError("seqjax.interop.from_torch needs PyTorch: install the extra with "
                           "`pip install 'seqjax[torch]'` (CPU: `pip install torch`)") from err
     return torch
-
-
-def _to_jax(tensor, dtype=None) -> Array:
-    array = tensor.detach().cpu().numpy()
-    return jnp.asarray(array if dtype is None else array.astype(dtype))
 
 
 def _rnn_from_torch(module) -> tuple[recurrent.Recurrent, Params]:
@@ -67,10 +61,10 @@ def _rnn_from_torch(module) -> tuple[recurrent.Recurrent, Params]:
         entry = {}
         for name, suffix in directions:
             get = lambda w: getattr(module, f"{w}_l{k}{suffix}")  # noqa: E731
-            p = {"w_ih": _to_jax(get("weight_ih")).T, "w_hh": _to_jax(get("weight_hh")).T}
+            p = {"w_ih": to_jax(get("weight_ih")).T, "w_hh": to_jax(get("weight_hh")).T}
             if module.bias:
-                p["b_ih"] = _to_jax(get("bias_ih"))
-                p["b_hh"] = _to_jax(get("bias_hh"))
+                p["b_ih"] = to_jax(get("bias_ih"))
+                p["b_hh"] = to_jax(get("bias_hh"))
             entry[name] = p
         layers.append(entry)
     return layer, {"layers": layers}
@@ -80,13 +74,7 @@ _RECURRENT = {"RNN": _rnn_from_torch, "LSTM": _rnn_from_torch, "GRU": _rnn_from_
 
 
 def _converters() -> dict[str, Callable[[Any], tuple[Any, Params]]]:
-    converters = dict(_RECURRENT)
-    try:
-        from seqjax._torch_transformer import CONVERTERS
-    except ImportError:
-        CONVERTERS = {}
-    converters.update(CONVERTERS)
-    return converters
+    return {**_RECURRENT, **CONVERTERS}
 
 
 def from_torch(module) -> tuple[Any, Params]:

@@ -44,7 +44,7 @@ from seqjax import checks
 from seqjax.types import Array, PRNGKey
 
 __all__ = [
-    "RegressionBatch", "SequenceLabelBatch", "ClassificationBatch", "Dataset", "LMBatch",
+    "RegressionBatch", "SequenceLabelBatch", "ClassificationBatch", "LMBatch",
     "adding", "adding_baseline",
     "COPY_BLANK", "COPY_DELIMITER", "COPY_VOCAB_SIZE", "copying_memory", "copying_memory_baseline",
     "DigitsData", "sequential_digits_data", "sequential_digits", "majority_accuracy",

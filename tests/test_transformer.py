@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import EOS, PAD, SOS, V, randint, randn
+from conftest import V, randint, randn
 
 from seqjax import attention as A
 from seqjax import layers
