@@ -6,7 +6,7 @@ dropout, float32. All candidates run in ONE process, in interleaved rounds (see
 ``benchmarks/_common.py``); the table reports medians over rounds and their ratio to
 PyTorch for the same workload (PyTorch = 1.00x). Run::
 
-    .venv/bin/python benchmarks/attention.py                   # ANCHORS §4: B=16, T=256, D=256, 8 heads
+    .venv/bin/python benchmarks/attention.py                   # B=16, T=256, D=256, 8 heads
     .venv/bin/python benchmarks/attention.py --quick --out /tmp/bench   # smoke test
 
 Peers, as a user of each library would write them:

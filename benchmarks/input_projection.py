@@ -1,7 +1,7 @@
 """Is computing the input projection x @ W_ih for all steps outside the scan faster?
 
-Issue 2 asks seqjax to hoist the input projection out of the scan "if, and only if,
-you measure it to be faster". This script measures it for the LSTM, GRU and tanh-RNN
+The input projection should be hoisted out of the scan if, and only if, it is
+measured to be faster. This script measures it for the LSTM, GRU and tanh-RNN
 cells, forward+backward of ``sum(outputs**2)`` w.r.t. the params (and the forward
 alone, to locate a difference), in one process, interleaved rounds, medians:
 

@@ -6,7 +6,7 @@ padding. All candidates run in ONE process, in interleaved rounds (see
 ``benchmarks/_common.py``); the table reports medians over rounds and their ratio to
 PyTorch for the same cell (PyTorch = 1.00x). Run::
 
-    .venv/bin/python benchmarks/recurrent.py                 # ANCHORS §4 workload
+    .venv/bin/python benchmarks/recurrent.py                 # B=32, T=128, I=128, H=256
     .venv/bin/python benchmarks/recurrent.py --quick --out /tmp/bench   # smoke test
 
 On a machine shared with other jobs, PyTorch's OpenMP threads spin-wait and its

@@ -6,9 +6,8 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from seqjax import cells, recurrent
+from seqjax import cells, layers, losses, recurrent, train
 
 VOCAB = "helo"
 INPUTS, TARGETS = "hell", "ello"
@@ -23,35 +22,29 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
 
     encode = lambda s: jnp.array([VOCAB.index(ch) for ch in s])  # noqa: E731
-    x = jax.nn.one_hot(encode(INPUTS), len(VOCAB))[None]          # (B=1, T=4, E=4)
-    y = encode(TARGETS)[None]                                       # (1, 4)
+    batch = (jax.nn.one_hot(encode(INPUTS), len(VOCAB))[None],    # x (B=1, T=4, E=4)
+             encode(TARGETS)[None])                               # y (1, 4)
 
-    layer = recurrent.layer(cells.lstm(args.hidden_size))
+    layer = recurrent.layer(cells.make("lstm", args.hidden_size))
     k_rnn, k_out = jax.random.split(jax.random.key(args.seed))
-    params = {"rnn": layer.init(k_rnn, len(VOCAB)),
-              "out": jax.random.normal(k_out, (args.hidden_size, len(VOCAB))) * 0.1}
+    params = {"rnn": layer.init(k_rnn, len(VOCAB)), "out": layers.dense_init(k_out, args.hidden_size, len(VOCAB))}
 
-    def logits_fn(params):
+    def logits_fn(params, x):
         outputs, _ = layer.apply(params["rnn"], x)                 # (1, 4, H)
-        return outputs @ params["out"]                              # (1, 4, V)
+        return layers.dense(params["out"], outputs)                 # (1, 4, V)
 
-    def loss_fn(params):
-        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(params), y).mean()
+    def loss_fn(params, batch, key):                                # key: for dropout (none here)
+        x, y = batch
+        return losses.cross_entropy(logits_fn(params, x), y), {}
 
-    optimizer = optax.adam(args.learning_rate)
-
-    @jax.jit
-    def train_step(params, opt_state):
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    opt_state = optimizer.init(params)
+    trainer = train.trainer(loss_fn, train.make_optimizer("adam", args.learning_rate))
+    state = trainer.init(params, jax.random.key(args.seed))
+    train_step = jax.jit(trainer.train_step)                        # jit where the loop calls it
     for step in range(args.steps):
-        params, opt_state, loss = train_step(params, opt_state)
+        state, metrics = train_step(state, batch)
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {float(loss):.4f}")
-    predicted = "".join(VOCAB[i] for i in jnp.argmax(logits_fn(params), -1)[0])
+            print(f"step {step:4d}  loss {float(metrics['loss']):.4f}")
+    predicted = "".join(VOCAB[i] for i in jnp.argmax(logits_fn(state.params, batch[0]), -1)[0])
     print(f"input {INPUTS!r} -> predicted {predicted!r} (target {TARGETS!r})")
     return predicted
 

@@ -3,7 +3,7 @@
 A token model (embedding * sqrt(D) + sinusoidal positions -> L-layer encoder ->
 vocabulary logits) on random tokens, cross-entropy against random targets, at
 initialisation. The gradient of each layer's parameters is reduced with
-``seqjax.gradients.grad_norms_by_path`` (the same reduction a training step logs).
+``seqjax.train.grad_norms_by_path`` (the same reduction a training step logs).
 Xiong et al. 2020 (Theorem 1, Fig. 3): with Post-LN the gradient norm of the last
 layers' parameters is large and grows with the layer index; with Pre-LN it stays
 roughly flat across layers. ``python experiments/layernorm_placement.py --help``.
@@ -11,22 +11,24 @@ roughly flat across layers. ``python experiments/layernorm_placement.py --help``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from seqjax import gradients, io, plotting, transformer
+from experiments import _common
+from seqjax import io, layers, losses, plotting, train, transformer
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("post_ln", "pre_ln")
 GROUPS = ("ff", "self_attn", "all")
+QUICK = dict(model_size=16, ff_size=32, length=8, batch_size=4, seeds=2, num_layers=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,41 +60,26 @@ def layer_grad_norms(cfg: Config, variant: str, key) -> dict[str, jax.Array]:
     pe = transformer.positional_encoding("sinusoidal", cfg.length, cfg.model_size)
     k_emb, k_stack, k_out, k_x, k_y = jax.random.split(key, 5)
     D, V = cfg.model_size, cfg.vocab_size
-    params = {"embedding": jax.random.normal(k_emb, (V, D)) / jnp.sqrt(D),
+    params = {"embed": layers.embedding_init(k_emb, V, D, std=1 / np.sqrt(D)),
               "stack": stack.init(k_stack),
-              "output": jax.random.normal(k_out, (D, V)) / jnp.sqrt(D)}
+              "output": {"kernel": jax.random.normal(k_out, (D, V)) / jnp.sqrt(D)}}    # N(0, 1/D), no bias
     tokens = jax.random.randint(k_x, (cfg.batch_size, cfg.length), 0, V)
     targets = jax.random.randint(k_y, (cfg.batch_size, cfg.length), 0, V)
 
     def loss(params):
-        h = pe.apply({}, params["embedding"][tokens] * jnp.sqrt(D))                    # (B, T, D)
-        logits = stack.apply(params["stack"], h) @ params["output"]                    # (B, T, V)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+        h = pe.apply({}, layers.embed(params["embed"], tokens, scale=np.sqrt(D)))        # (B, T, D)
+        logits = layers.dense(params["output"], stack.apply(params["stack"], h))       # (B, T, V)
+        return losses.cross_entropy(logits, targets)
 
     grads = jax.grad(loss)(params)["stack"]
-    per_group = gradients.grad_norms_by_path(grads, depth=3)        # grads/layers/<l>/<ff|self_attn|norm1..>
-    per_layer = gradients.grad_norms_by_path(grads, depth=2)        # grads/layers/<l>
+    per_group = train.grad_norms_by_path(grads, depth=3)        # grads/layers/<l>/<ff|self_attn|norm1..>
+    per_layer = train.grad_norms_by_path(grads, depth=2)        # grads/layers/<l>
     return {**per_group, **{f"{k}/all": v for k, v in per_layer.items()}}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    d = Config()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-layers", type=int, default=d.num_layers)
-    p.add_argument("--model-size", type=int, default=d.model_size)
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--out", type=Path, default=REPO / "results" / "layernorm_placement")
-    p.add_argument("--quick", action="store_true", help="tiny run for tests")
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> Path:
-    args = parse_args(argv)
-    kw = dict(num_layers=args.num_layers, model_size=args.model_size, seeds=args.seeds)
-    if args.quick:   # 3 layers, not 6, unless --num-layers says otherwise
-        kw.update(model_size=16, ff_size=32, length=8, batch_size=4, seeds=2,
-                  num_layers=3 if args.num_layers == Config().num_layers else args.num_layers)
-    cfg = Config(**kw)
+    values, args = _common.parse(_common.parser(Config, __doc__, "layernorm_placement"), argv, quick=QUICK)
+    cfg = Config(**values)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     keys = jax.random.split(jax.random.key(0), cfg.seeds)
@@ -107,10 +94,10 @@ def main(argv=None) -> Path:
     io.save_json(out / "config.json", {**dataclasses.asdict(cfg), "seconds_total": round(time.perf_counter() - start, 2)})
     io.save_npz(out / "layernorm_placement.npz", **arrays)
     io.save_csv(out / "layernorm_placement.csv", rows)
-    plot(out)
+    figure = plot(out)
     for variant in VARIANTS:
         print(variant, "ff grad norm per layer:", np.round(np.exp(np.log(arrays[f"{variant}/ff"]).mean(0)), 4))
-    print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figure: {figure}")
     return out
 
 

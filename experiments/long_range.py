@@ -5,23 +5,25 @@ baseline and the published results) and learning_curves.csv into --out, then plo
 learning_curves.png from those files. Each run uses seqjax.train.fit (metrics.jsonl
 and a final checkpoint under runs/<task>_<model>/; --resume continues them).
 
-    python experiments/long_range.py --out results/long_range            # ~10 min on 2 cores
+    python experiments/long_range.py                                     # ~10 min on 2 cores
     python experiments/long_range.py --steps 20000 --transformer-steps 2000 --hidden 128 --out ...
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from seqjax import io, models, tasks, train
+from experiments import _common
+from seqjax import io, losses, models, plotting, tasks, train
 
 MODELS = ("rnn_tanh", "irnn", "lstm", "gru", "transformer")
 TASKS = ("adding100", "adding200", "copying100", "digits")
@@ -36,6 +38,10 @@ PUBLISHED = {
     "digits": "no published number for 8x8 digits; on 784-step pixel MNIST Le et al. 2015 report "
               "IRNN 97% and LSTM 65%",
 }
+# 3 runs of 6 steps, one per task family
+QUICK = dict(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer", "gru"), steps=6,
+             transformer_steps=6, batch_size=8, hidden=16, model_size=16, transformer_layers=1, eval_size=32,
+             eval_points=2, pairs=(("adding100", "irnn"), ("copying100", "transformer"), ("digits", "gru")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +112,22 @@ def build_model(arch: str, spec: dict, cfg: Config) -> models.SequenceModel:
             max_len=spec["T"], readout=spec["readout"]))
     return models.sequence_model(models.SequenceModelConfig(
         cell=arch, hidden_size=cfg.hidden, output_size=spec["out"], input_size=spec["input_size"],
-        vocab_size=spec["vocab"], embed_size=16, readout=spec["readout"]))
+        vocab_size=spec["vocab"], embed_size=16, readout=spec["readout"],
+        forget_bias=1.0 if arch == "lstm" else None))
 
 
 def make_loss(model: models.SequenceModel, spec: dict):
     family = spec["family"]
 
     def loss_fn(params, batch, key):
-        out = model.apply(params, batch.x, key=key)
+        out = model.apply(params, batch.x, dropout_key=key)
         if family == "adding":
-            mse = jnp.mean((out[:, 0] - batch.y) ** 2)
+            mse = losses.mse(out[:, 0], batch.y)
             return mse, {"mse": mse}
-        ce = models.softmax_cross_entropy(out, batch.y)
+        ce = losses.cross_entropy(out, batch.y)
         if family == "copying":   # accuracy on the 10 recalled symbols
-            return ce, {"ce": ce, "recall_accuracy": models.accuracy(out[:, -10:], batch.y[:, -10:])}
-        return ce, {"ce": ce, "accuracy": models.accuracy(out, batch.y)}
+            return ce, {"ce": ce, "recall_accuracy": losses.accuracy(out[:, -10:], batch.y[:, -10:])}
+        return ce, {"ce": ce, "accuracy": losses.accuracy(out, batch.y)}
     return loss_fn
 
 
@@ -171,70 +178,25 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(out_dir) -> Path:
-    """learning_curves.png from learning_curves.csv and config.json (no recomputation)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """learning_curves.png from learning_curves.csv and results.csv (no recomputation)."""
     out_dir = Path(out_dir)
-    curves = io.load_csv(out_dir / "learning_curves.csv")
-    results = {(r["task"], r["model"]): r for r in io.load_csv(out_dir / "results.csv")}
-    task_names = list(dict.fromkeys(r["task"] for r in curves))
-    fig, axes = plt.subplots(1, len(task_names), figsize=(4.2 * len(task_names), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], task_names):
-        metric = None
-        for arch in dict.fromkeys(r["model"] for r in curves if r["task"] == task):
-            pts = [(int(r["step"]), float(r["value"])) for r in curves if r["task"] == task and r["model"] == arch]
-            metric = next(r["metric"] for r in curves if r["task"] == task)
-            ax.plot(*zip(*pts), marker="o", ms=3, label=arch)
-        chance = float(next(r["chance"] for (t, _), r in results.items() if t == task))
-        ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
-        ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"test {metric}")
-        if metric in ("mse", "ce"):
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = io.save_figure(fig, out_dir / "learning_curves.png", dpi=120)
-    plt.close(fig)
-    return path
-
-
-def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="results/long_range", help="output directory")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"some of {list(TASKS)}")
-    p.add_argument("--models", nargs="+", default=list(MODELS), help=f"some of {list(MODELS)}")
-    p.add_argument("--steps", type=int, default=Config.steps, help="optimiser steps per recurrent run")
-    p.add_argument("--transformer-steps", type=int, default=Config.transformer_steps,
-                   help="optimiser steps per Transformer run")
-    p.add_argument("--batch-size", type=int, default=Config.batch_size)
-    p.add_argument("--hidden", type=int, default=Config.hidden, help="recurrent hidden size H")
-    p.add_argument("--model-size", type=int, default=Config.model_size, help="Transformer width D")
-    p.add_argument("--lr", type=float, default=Config.lr, help="Adam learning rate")
-    p.add_argument("--irnn-lr", type=float, default=Config.irnn_lr, help="Adam learning rate for the IRNN")
-    p.add_argument("--clip-norm", type=float, default=Config.clip_norm)
-    p.add_argument("--eval-size", type=int, default=Config.eval_size)
-    p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
-    p.add_argument("--quick", action="store_true", help="tiny run for tests (3 runs of 6 steps)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    panels, ylabel, log = {}, {}, {}
+    for r in io.load_csv(out_dir / "learning_curves.csv"):
+        steps, values = panels.setdefault(r["task"], {}).setdefault(r["model"], ([], []))
+        steps.append(int(r["step"]))
+        values.append(float(r["value"]))
+        ylabel[r["task"]], log[r["task"]] = f"test {r['metric']}", r["metric"] in ("mse", "ce")
+    chance = {r["task"]: float(r["chance"]) for r in io.load_csv(out_dir / "results.csv")}
+    fig = plotting.learning_curves_figure(panels, ylabel=ylabel, log=log, baseline=chance)
+    return io.save_figure(fig, out_dir / "learning_curves.png", dpi=120)
 
 
 def main(argv=None) -> Path:
-    args = parse(argv)
-    if args.quick:
-        cfg = Config(tasks=("adding100", "copying100", "digits"), models=("irnn", "transformer", "gru"), steps=6,
-                     transformer_steps=6, batch_size=8, hidden=16, model_size=16, transformer_layers=1,
-                     eval_size=32, eval_points=2, seed=args.seed,
-                     pairs=(("adding100", "irnn"), ("copying100", "transformer"), ("digits", "gru")))
-    else:
-        cfg = Config(tasks=tuple(args.tasks), models=tuple(args.models), steps=args.steps,
-                     transformer_steps=args.transformer_steps, batch_size=args.batch_size, hidden=args.hidden,
-                     model_size=args.model_size, lr=args.lr,
-                     irnn_lr=args.irnn_lr, clip_norm=args.clip_norm, eval_size=args.eval_size, seed=args.seed)
+    parser = _common.parser(Config, __doc__, "long_range", skip=("pairs",))
+    parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
+    parser.add_argument("--no-progress", action="store_true")
+    values, args = _common.parse(parser, argv, quick=QUICK)
+    cfg = Config(**values)
     out_dir = io.ensure_writable_dir(args.out)
     io.save_json(out_dir / "config.json", {**dataclasses.asdict(cfg), "devices": jax.device_count(),
                                            "backend": jax.default_backend()})
@@ -250,7 +212,7 @@ def main(argv=None) -> Path:
     io.save_csv(out_dir / "learning_curves.csv", curves)
     io.save_csv(out_dir / "results.csv", table)
     io.atomic_write_text(out_dir / "results.md", markdown_table(table))
-    plot(out_dir)
+    print(f"wrote {out_dir}; figure: {plot(out_dir)}")
     return out_dir
 
 

@@ -1,29 +1,33 @@
 """The vanishing/exploding phase transition: ||dL/dh_0|| against the recurrent weight's largest singular value.
 
 W_hh = sigma * Q with Q orthogonal (so every singular value is sigma), inputs
-x_t ~ N(0, 1), loss L = v . h_T with a unit v. For the linear RNN the answer is exact:
-||dL/dh_0|| = sigma^T (ANCHORS §3.1), drawn as the analytic line. For tanh and ReLU
-(|f'| <= gamma = 1) it is an upper bound; Pascanu et al. 2013 show sigma < 1/gamma is
-sufficient for vanishing and sigma > 1/gamma necessary for exploding.
+x_t ~ N(0, 1), loss L = v . h_T with a unit v. For the linear RNN the answer is exact,
+||dL/dh_0|| = sigma^T (dh_T/dh_0 is sigma^T times an orthogonal matrix), drawn as the
+analytic line. For tanh and ReLU (|f'| <= gamma = 1) it is an upper bound; Pascanu et
+al. 2013 show sigma < 1/gamma is sufficient for vanishing and sigma > 1/gamma
+necessary for exploding.
 ``python experiments/spectral_sweep.py --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import _common
 from seqjax import cells, gradients, io, plotting
 from seqjax.recurrent import unroll
 
-REPO = Path(__file__).resolve().parents[1]
+QUICK = dict(length=20, hidden_size=8, batch_size=4, seeds=2, num_sigma=5)
 ACTIVATIONS = ("linear", "tanh", "relu")
 INVERSE_GAMMA = {"linear": 1.0, "tanh": 1.0, "relu": 1.0}   # gamma = sup |f'|
 
@@ -51,7 +55,7 @@ class Config:
 def initial_state_gradient_norm(cfg: Config, activation: str, sigma, key):
     """Mean over the batch of ||dL/dh_0|| for one sigma and one seed (a scalar)."""
     H = cfg.hidden_size
-    cell = cells.simple_rnn(H, activation, bias=False)
+    cell = cells.make(f"rnn_{activation}", H, bias=False)
     k_cell, k_q, k_x, k_v = jax.random.split(key, 4)
     params = cell.init(k_cell, H, sigma.dtype)
     q, r = jnp.linalg.qr(jax.random.normal(k_q, (H, H), sigma.dtype))
@@ -68,28 +72,9 @@ def initial_state_gradient_norm(cfg: Config, activation: str, sigma, key):
     return jnp.mean(gradients.safe_norm(g, axis=-1))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    d = Config()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--length", "-T", type=int, default=d.length)
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--num-sigma", type=int, default=d.num_sigma)
-    p.add_argument("--out", type=Path, default=REPO / "results" / "spectral_sweep")
-    p.add_argument("--quick", action="store_true", help="tiny run for tests")
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> Path:
-    args = parse_args(argv)
-    kw = dict(length=args.length, hidden_size=args.hidden_size, batch_size=args.batch_size,
-              seeds=args.seeds, num_sigma=args.num_sigma)
-    if args.quick:
-        # small sizes, except where a flag asked for something other than the default
-        quick, default = dict(length=20, hidden_size=8, batch_size=4, seeds=2, num_sigma=5), Config()
-        kw.update({k: v for k, v in quick.items() if kw[k] == getattr(default, k)})
-    cfg = Config(**kw)
+    values, args = _common.parse(_common.parser(Config, __doc__, "spectral_sweep"), argv, quick=QUICK)
+    cfg = Config(**values)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     sigma = np.linspace(cfg.sigma_min, cfg.sigma_max, cfg.num_sigma)
@@ -109,8 +94,8 @@ def main(argv=None) -> Path:
                                        "seconds_total": round(time.perf_counter() - start, 2)})
     io.save_npz(out / "spectral_sweep.npz", **arrays)
     io.save_csv(out / "spectral_sweep.csv", rows)
-    plot(out)
-    print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    figure = plot(out)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figure: {figure}")
     return out
 
 

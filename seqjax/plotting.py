@@ -12,9 +12,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 __all__ = ["band", "gradient_norms_figure", "spectral_sweep_figure", "clipping_figure",
-           "layer_norms_figure", "FLOAT32_TINY"]
+           "layer_norms_figure", "learning_curves_figure", "FLOAT32_TINY"]
 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # 1.2e-38: float32's smallest normal number
 
@@ -22,7 +23,10 @@ _STYLE = {  # stable colours per architecture across every figure
     "rnn_tanh": "tab:blue", "rnn_relu": "tab:orange", "rnn_linear": "tab:gray",
     "lstm_fb0": "tab:green", "lstm_fb1": "tab:olive", "gru": "tab:purple",
     "transformer_post_ln": "tab:red", "transformer_pre_ln": "tab:brown",
+    "irnn": "tab:cyan", "lstm": "tab:green", "transformer": "tab:red",
 }
+_TAB10 = tuple(f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray",
+                                     "olive", "cyan"))
 
 
 def band(ax, x: np.ndarray, runs: np.ndarray, *, label: str, color: str | None = None,
@@ -187,6 +191,52 @@ def layer_norms_figure(layers: np.ndarray, norms: Mapping[str, Mapping[str, np.n
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("gradient norm at init")
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def learning_curves_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], *,
+                           ylabel: str | Mapping[str, str], log: bool | Mapping[str, bool] = False,
+                           baseline: Mapping[str, float] | None = None, baseline_label: str = "chance",
+                           xlabel: str = "step", title: str = "") -> Figure:
+    """A metric against the training step: one panel per task, one line per model.
+
+    Used for every learning curve (the long-range tasks, the character LMs, the copy
+    task). A model keeps its colour in every panel, and one legend lists them all.
+
+    Args:
+      panels: panel title -> line label -> (steps (N,), values (N,)).
+      ylabel: the y-axis label, one for all panels or one per panel title.
+      log: a log y-axis, for all panels or per panel title.
+      baseline: panel title -> a reference level (chance, unigram), drawn dashed.
+      baseline_label: the legend label of the reference level.
+      xlabel: the x-axis label.
+      title: figure title.
+    """
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    free = iter(c for c in _TAB10 if c not in {_STYLE.get(label) for label in labels})
+    colors = {label: _STYLE.get(label) or next(free, None) for label in labels}
+    fig = Figure(figsize=(4.4 * len(panels) + (1.2 if len(panels) > 1 else 0.6), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = {}
+    for ax, (name, lines) in zip(axes, panels.items()):
+        for label, (steps, values) in lines.items():
+            (handles[label],) = ax.plot(steps, values, marker="o", markersize=3, label=label, color=colors[label])
+        if baseline and name in baseline:
+            ax.axhline(baseline[name], color="k", linestyle="--", linewidth=1.0, label=baseline_label)
+        if log if isinstance(log, bool) else log.get(name, False):
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel.get(name, ""))
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    if len(panels) == 1:
+        axes[0].legend(fontsize=8)
+    else:   # every model once, in one legend beside the panels
+        if baseline:
+            handles[baseline_label] = Line2D([], [], color="k", linestyle="--", linewidth=1.0)
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

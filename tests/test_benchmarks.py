@@ -1,25 +1,17 @@
 """Benchmark scripts run end to end (--quick) and write every row; no timing is asserted."""
 
-import importlib
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _import(monkeypatch, module: str):
-    monkeypatch.syspath_prepend(str(ROOT))   # `benchmarks` is a folder at the repository root
-    return importlib.import_module(module)
+from conftest import load_script
 
 
 
 @pytest.mark.slow
-def test_attention_quick_writes_every_row(tmp_path, monkeypatch):
+def test_attention_quick_writes_every_row(tmp_path):
     pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
     pytest.importorskip("equinox", reason="the Equinox rows need equinox (the `test` extra)")
-    bench = _import(monkeypatch, "benchmarks.attention")
+    bench = load_script("benchmarks", "attention")
     bench.main(["--quick", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "attention.json").read_text())
     impls = {(r["workload"], r["implementation"]) for r in written["rows"]}
@@ -31,10 +23,10 @@ def test_attention_quick_writes_every_row(tmp_path, monkeypatch):
     assert "| vs PyTorch |" in (tmp_path / "attention.md").read_text()
 
 @pytest.mark.slow
-def test_recurrent_quick_writes_every_row(tmp_path, monkeypatch):
+def test_recurrent_quick_writes_every_row(tmp_path):
     torch = pytest.importorskip("torch", reason="the PyTorch rows need the `torch` extra")
     pytest.importorskip("equinox", reason="the Equinox rows need equinox (the `test` extra)")
-    bench = _import(monkeypatch, "benchmarks.recurrent")
+    bench = load_script("benchmarks", "recurrent")
     threads = torch.get_num_threads()
     payload = bench.main(["--quick", "--out", str(tmp_path)])
     assert torch.get_num_threads() == threads          # --quick's 1 torch thread does not leak
@@ -64,15 +56,15 @@ def test_recurrent_quick_writes_every_row(tmp_path, monkeypatch):
         assert f"| {title} |" in md or f"| {title}" in md
 
 
-def test_recurrent_rejects_bad_sizes(monkeypatch, capsys):
-    bench = _import(monkeypatch, "benchmarks.recurrent")
+def test_recurrent_rejects_bad_sizes(capsys):
+    bench = load_script("benchmarks", "recurrent")
     with pytest.raises(SystemExit):
         bench.main(["--hidden", "0", "--out", "/nonexistent-never-written"])
     assert "--hidden must be >= 1" in capsys.readouterr().err
 
 
 def test_recurrent_checks_out_dir_before_compute(tmp_path, monkeypatch):
-    bench = _import(monkeypatch, "benchmarks.recurrent")
+    bench = load_script("benchmarks", "recurrent")
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     called = []
@@ -83,13 +75,13 @@ def test_recurrent_checks_out_dir_before_compute(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_input_projection_and_bidirectional_prototypes_run(tmp_path, monkeypatch):
-    ip = _import(monkeypatch, "benchmarks.input_projection")
+def test_input_projection_and_bidirectional_prototypes_run(tmp_path):
+    ip = load_script("benchmarks", "input_projection")
     payload = ip.main(["--quick", "--cells", "lstm", "--out", str(tmp_path)])
     assert {(r["variant"], r["mode"]) for r in payload["rows"]} == {
         (v, m) for v in ("inside", "hoisted", "hoisted_tm") for m in ("fwd", "fwd+bwd")}
     assert all(r["while_loop_state_bytes"] for r in payload["rows"])   # the HLO parse found the loops
-    bd = _import(monkeypatch, "benchmarks.bidirectional")
+    bd = load_script("benchmarks", "bidirectional")
     payload = bd.main(["--quick", "--cells", "gru", "--out", str(tmp_path)])
     assert len(payload["rows"]) == 2
     assert payload["rows"][0]["max_rel_grad_diff"] < 1e-5      # one vmapped scan == two scans

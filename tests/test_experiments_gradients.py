@@ -1,23 +1,16 @@
 """The gradient experiments: --quick runs write figure, data and config; figures re-made from saved data alone."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
-import sys
 
 import numpy as np
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_script
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"gradient_experiment_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments", name)
 
 
 def _replot_from_saved(module, out: pathlib.Path, tmp_path: pathlib.Path, data_files, figure: str):
@@ -42,18 +35,16 @@ EXPERIMENTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path, monkeypatch):
+def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path):
     module = _load(name)
-    readme_figure = tmp_path / "readme" / "gradient_norms.png"
-    if name == "gradient_norms":       # a --quick run must never overwrite the README's figure
-        monkeypatch.setattr(module, "REPO", tmp_path)
-        monkeypatch.setattr(module, "README_FIGURE", readme_figure)
+    docs = {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")}
     argv, data_files, figure = EXPERIMENTS[name]
     out = tmp_path / "out"
     module.main(["--quick", "--out", str(out), *argv])
     for f in ("config.json", *data_files, figure):
         assert (out / f).stat().st_size > 0, f
-    assert not readme_figure.exists()
+    # experiments write only to --out: `make figures` alone refreshes docs/figures
+    assert {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")} == docs
     if name == "clipping":
         assert json.loads((out / "config.json").read_text())["steps"] == 7
     assert list(out.glob("*.csv")), "a CSV of the data is written too"

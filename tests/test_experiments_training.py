@@ -1,24 +1,15 @@
 """Quick end-to-end runs of experiments/long_range.py and experiments/char_lm.py."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import load_script
 
-from seqjax import io, models
-
-ROOT = Path(__file__).resolve().parents[1]
+from seqjax import decoding, io
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments", name)
 
 
 @pytest.mark.slow
@@ -100,28 +91,31 @@ def test_char_lm_bad_inputs(tmp_path):
 
 
 def _full_window_reference(net, params, key, prompt, num_chars, temperature):
-    """The sampler the KV cache replaces: rerun the whole prefix for every token (Python loop).
+    """What the KV cache replaces: rerun the whole prefix for every token (Python loop), drawing
+    token t with ``fold_in(key, t)`` as ``decoding.sample`` documents.
 
     The prefix is right-padded to one (1, L) shape so ``apply_jit`` compiles once; causal
     attention keeps the padding after the last real token invisible."""
     toks, out = list(prompt), []
     L = net.config.max_len
-    for k in jax.random.split(key, num_chars):
+    for t in range(num_chars):
         window = jnp.zeros((1, L), jnp.int32).at[0, :len(toks)].set(jnp.asarray(toks, jnp.int32))
         logits = net.apply_jit(params, window)[0, len(toks) - 1]
-        tok = int(models.sample_logits(k, logits, temperature))
+        tok = int(jnp.argmax(logits) if temperature == 0 else
+                  jax.random.categorical(jax.random.fold_in(key, t), logits / temperature))
         toks.append(tok)
         out.append(tok)
     return out
 
 
-def test_char_lm_transformer_cached_sampler_matches_full_recomputation():
+def test_char_lm_transformer_sampler_fills_the_window_like_full_recomputation():
     ch = _load("char_lm")
     V, L, P = 11, 12, 4
     n = L - P + 1                    # the last token is never fed back: the cache is exactly full
-    cfg = ch.Config(model="transformer", model_size=16, num_layers=2, seq_len=L, sample_chars=n, prompt="abcd")
-    lm = ch.LM(cfg, V, L)
-    params = lm.init(jax.random.key(0))
+    cfg = ch.Config(model="transformer", model_size=16, num_layers=2, seq_len=L, prompt="abcd")
+    assert cfg.sample_chars == n     # the default fills the window
+    net = ch.make_lm(cfg, V, L)
+    params = net.init(jax.random.key(0))
     # widen the GPT-2 init (N(0, 0.02)) so logits are O(1) apart and argmax is not decided by rounding
     leaves, tree = jax.tree.flatten(params)
     noise = jax.random.split(jax.random.key(1), len(leaves))
@@ -129,13 +123,13 @@ def test_char_lm_transformer_cached_sampler_matches_full_recomputation():
     # with tied embeddings a random model repeats its input under argmax; strong learned positions make the
     # greedy tokens depend on the position, so the cache's position offset is exercised too
     params["pos"]["embedding"] = 3.0 * jax.random.normal(jax.random.key(3), params["pos"]["embedding"].shape)
-    prompt = jnp.asarray([3, 1, 4, 1], jnp.int32)
-    sample = jax.jit(lm.sample, static_argnums=3)
+    prompt = jnp.asarray([[3, 1, 4, 1]], jnp.int32)
+    sample = jax.jit(lambda p, k, t: decoding.sample(net, p, prompt, k, max_len=n, temperature=t))
     key = jax.random.key(2)
     for t in (0.0, 1.0):
-        got = [int(x) for x in sample(params, key, prompt, n, jnp.float32(t))]
-        want = _full_window_reference(lm.net, params, key, [3, 1, 4, 1], n, t)
+        got = [int(x) for x in sample(params, key, jnp.float32(t))[0]]
+        want = _full_window_reference(net, params, key, [3, 1, 4, 1], n, t)
         assert got == want, t
         assert len(set(want)) > 1, "degenerate reference: the comparison would be weak"
-    with pytest.raises(ValueError, match=r"prompt \(4 chars\) \+ sample_chars \(10\) - 1 = 13 .* seq_len = 12"):
-        lm.sample(params, key, prompt, n + 1, 0.0)
+    with pytest.raises(ValueError, match="positions"):
+        decoding.sample(net, params, prompt, key, max_len=n + 1)

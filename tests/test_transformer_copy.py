@@ -1,26 +1,17 @@
 """The copy example (experiments/transformer_copy.py) reaches exact copies of held-out inputs."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("transformer_copy", ROOT / "experiments" / "transformer_copy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments", "transformer_copy")
 
 
 @pytest.mark.slow
 def test_copy_example_decodes_held_out_inputs_exactly(tmp_path, capsys):
     module = _load()
-    metrics = module.main(["--quick", "--out", str(tmp_path)])
+    metrics = module.main(["--quick", "--out", str(tmp_path), "--no-progress"])
     assert metrics["greedy_exact"] == 1.0 and metrics["beam_exact"] == 1.0
     for name in ("config.json", "loss_curve.csv", "loss_curve.png", "metrics.json", "decodes.csv"):
         assert (tmp_path / name).stat().st_size > 0
@@ -40,15 +31,19 @@ def test_copy_example_rejects_an_unwritable_output_before_compute(tmp_path):
         _load().main(["--quick", "--out", str(blocker / "sub")])
 
 
-def test_bool_flags_parse_both_ways_and_bad_schedules_are_usage_errors(capsys):
-    parse = _load().parse
-    assert parse(["--norm-first"])[0].norm_first is True
-    assert parse(["--no-norm-first"])[0].norm_first is False
-    assert parse([])[0].norm_first is False                                  # the dataclass default
-    with pytest.raises(SystemExit) as exit_info:
-        parse(["--steps", "50", "--warmup", "50"])
-    assert exit_info.value.code == 2
-    assert "warmup (50) must be < steps (50)" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parse(["--beam-size", "11"])
-    assert "beam_size (11) must be <= vocab_size - 1 = 10" in capsys.readouterr().err
+def test_flags_override_quick_bools_parse_both_ways_and_bad_schedules_are_refused(tmp_path):
+    module = _load()
+
+    def values(*argv):
+        return module._common.parse(module._common.parser(module.Config, "", "copy"), list(argv),
+                                    quick=module.QUICK)[0]
+    assert values("--norm-first")["norm_first"] is True
+    assert values("--no-norm-first")["norm_first"] is False
+    assert "norm_first" not in values() and module.Config().norm_first is False      # the dataclass default
+    assert values("--quick")["steps"] == module.QUICK["steps"]
+    assert values("--quick", "--steps", "7")["steps"] == 7                            # a flag beats --quick
+    with pytest.raises(ValueError, match=r"warmup \(50\) must be < steps \(50\)"):
+        module.main(["--steps", "50", "--warmup", "50", "--out", str(tmp_path / "never")])
+    with pytest.raises(ValueError, match=r"beam_size \(11\) must be <= vocab_size - 1 = 10"):
+        module.main(["--beam-size", "11", "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
