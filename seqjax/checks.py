@@ -24,7 +24,7 @@ from seqjax.types import Array
 __all__ = [
     "check_int", "check_rate", "check_float", "check_bool", "check_choice", "check_float_dtype",
     "check_array", "check_lengths", "check_mask", "check_bias", "broadcast_to_rank",
-    "check_tokens", "check_token_id", "check_key", "concrete_int", "is_concrete",
+    "check_tokens", "check_token_id", "check_key", "check_tree_like", "concrete_int", "is_concrete",
 ]
 
 
@@ -245,3 +245,29 @@ def check_key(key: Any, name: str = "key") -> Any:
         raise TypeError(f"{name} must be a single jax PRNG key (jax.random.key(0)), got an array of "
                         f"dtype {key.dtype} and shape {key.shape}")
     return key
+
+
+def check_tree_like(value: Any, like: Any, name: str, layout: str) -> Any:
+    """A pytree with the structure, leaf shapes and leaf dtypes of ``like`` (e.g. a carry).
+
+    Args:
+      value: the argument, e.g. an ``initial_carry``.
+      like: the expected pytree of arrays or ``jax.ShapeDtypeStruct`` s (``jax.eval_shape``).
+      name: its name in error messages.
+      layout: the expected leaf shape in the glossary's letters, e.g. ``"(L*D, B, H)"``.
+
+    Returns:
+      ``value`` unchanged.
+    """
+    if jax.tree.structure(value) != jax.tree.structure(like):
+        raise ValueError(f"{name} must have the structure {jax.tree.structure(like)}, "
+                         f"got {jax.tree.structure(value)}")
+    for leaf, ref in zip(jax.tree.leaves(value), jax.tree.leaves(like)):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"{name} leaves must be arrays of shape {layout}, got {type(leaf).__name__}")
+        if tuple(leaf.shape) != tuple(ref.shape):
+            raise ValueError(f"{name} leaves must have shape {layout} = {tuple(ref.shape)}, "
+                             f"got {tuple(leaf.shape)}")
+        if leaf.dtype != ref.dtype:
+            raise TypeError(f"{name} must have dtype {ref.dtype}, got {leaf.dtype}")
+    return value

@@ -1,4 +1,4 @@
-r"""Gradient-flow analysis: per-step state gradients, Jacobian norms, gradient statistics.
+r"""Gradient-flow analysis: per-step state gradients, Jacobian norms, input-gradient profiles.
 
 The quantities here are the ones the vanishing/exploding-gradient literature plots
 (Bengio et al. 1994; Hochreiter & Schmidhuber 1997; Pascanu et al. 2013):
@@ -9,29 +9,31 @@ The quantities here are the ones the vanishing/exploding-gradient literature plo
   per example, per step), exactly for small H and by power iteration for large H.
 * :func:`input_gradient_norms`: :math:`\| \partial L / \partial x_t \|` for any
   sequence-to-sequence function (attention models), with the loss read at one position.
-* :func:`global_norm`, :func:`grad_norms_by_path`, :func:`gradient_statistics`: pure
-  pytree reductions that return flat ``{"grads/<path>": value}`` metric dicts, usable
-  inside a jitted training step (the nanodo convention).
+* :func:`safe_norm`: a 2-norm that neither underflows nor overflows.
 
-Everything recurrent goes through :func:`seqjax.recurrent.unroll`; no other scan over
-time is written here.
+This module is analysis only: the training metrics (global norm, per-group norms,
+gradient statistics) live with training, in :mod:`seqjax.train`.
+
+Everything recurrent goes through :func:`seqjax.recurrent.unroll` (a cell) or
+:func:`seqjax.recurrent.layer`'s own layer x direction loop (a layer, through its
+``perturbations`` hook); no other loop over time or layers is written here.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import checks
 from seqjax.cells import Cell
-from seqjax.recurrent import Recurrent, carry_dtype, unroll, validate_lengths
+from seqjax.recurrent import Recurrent, carry_dtype, perturbed_step, unroll
 from seqjax.types import Array, Carry, Params, PRNGKey
 
-__all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "safe_norm", "global_norm",
-           "grad_norms_by_path", "gradient_statistics"]
+__all__ = ["state_gradients", "jacobian_norms", "input_gradient_norms", "safe_norm"]
 
 
 def safe_norm(x: Array, axis=-1) -> Array:
@@ -58,12 +60,8 @@ def safe_norm(x: Array, axis=-1) -> Array:
 
 
 def _check_xs(xs, name: str = "xs") -> None:
-    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
-        raise TypeError(f"{name} must be an array of shape (B, T, E), got {type(xs).__name__}")
-    if xs.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, T, E) (rank 3, batch-major), got shape {tuple(xs.shape)}")
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise TypeError(f"{name} must be floating (float32, bfloat16, float64), got dtype {xs.dtype}")
+    """(B, T >= 1, E) floating, batch-major."""
+    checks.check_array(xs, name, 3, "(B, T, E)")
     if xs.shape[1] < 1:
         raise ValueError(f"{name} must have at least one time step (T >= 1), got shape {tuple(xs.shape)}")
 
@@ -85,18 +83,7 @@ def _check_cell_inputs(cell: Cell, params: Params, xs, initial_carry) -> Carry:
     ref = cell.initial_carry((B,), carry_dtype(params, xs))
     if initial_carry is None:
         return ref
-    if jax.tree.structure(initial_carry) != jax.tree.structure(ref):
-        raise ValueError(f"initial_carry must have the structure of cell.initial_carry((B,)) "
-                         f"({jax.tree.structure(ref)}), got {jax.tree.structure(initial_carry)}")
-    for leaf in jax.tree.leaves(initial_carry):
-        if tuple(leaf.shape) != (B, cell.hidden_size):
-            raise ValueError(f"initial_carry leaves must have shape (B, H) = {(B, cell.hidden_size)}, "
-                             f"got {tuple(leaf.shape)}")
-        want = jax.tree.leaves(ref)[0].dtype
-        if leaf.dtype != want:
-            raise TypeError(f"initial_carry must have the carried dtype {want} (xs and params promoted), "
-                            f"got {leaf.dtype}")
-    return initial_carry
+    return checks.check_tree_like(initial_carry, ref, "initial_carry", "(B, H)")
 
 
 def _check_scalar_loss(loss_fn: Callable, *args) -> None:
@@ -116,46 +103,9 @@ def _check_scalar_loss(loss_fn: Callable, *args) -> None:
 # ----------------------------------------------------------------------------- state gradients
 
 
-@functools.lru_cache(maxsize=64)
-def _perturbed_step(cell: Cell) -> Callable:
-    """``cell.step`` with a perturbation added to the new carry: scanned input (x_t, eps_t).
-
-    The output is re-read from the perturbed carry, so eps_t reaches the loss through
-    every path h_t takes: its own output y_t and all later steps. Cached per cell so that
-    eager calls reuse :func:`~seqjax.recurrent.unroll`'s compilation.
-    """
-    def step(params: Params, carry: Carry, x_eps) -> tuple[Carry, Array]:
-        x, eps = x_eps
-        carry, _ = cell.step(params, carry, x)
-        carry = jax.tree.map(jnp.add, carry, eps)
-        return carry, cell.output(carry)
-    return step
-
-
 def _zeros_with_time(carry: Carry, T: int) -> Carry:
     """(B, H) carry leaves -> (B, T, H) zeros: one perturbation per step."""
     return jax.tree.map(lambda a: jnp.zeros((a.shape[0], T) + a.shape[1:], a.dtype), carry)
-
-
-def _layer_outputs(rec: Recurrent, params: Params, xs: Array, eps: list, lengths, carry0) -> Array:
-    """``rec.apply`` with a perturbation on every (layer, direction, step) carry.
-
-    Mirrors :func:`seqjax.recurrent.layer`'s apply (without dropout: gradients are
-    analysed in deterministic mode); the tests check it against ``rec.apply``.
-    """
-    cfg = rec.config
-    directions = ("forward", "backward") if cfg.bidirectional else ("forward",)
-    step = _perturbed_step(cfg.cell)
-    h = xs
-    for k in range(cfg.num_layers):
-        outs = []
-        for j, d in enumerate(directions):
-            c0 = jax.tree.map(lambda a: a[k * len(directions) + j], carry0)
-            _, ys = unroll(step, params["layers"][k][d], c0, (h, eps[k][d]),
-                           lengths=lengths, reverse=(d == "backward"))
-            outs.append(ys)
-        h = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)    # (B, T, ND*H)
-    return h
 
 
 def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
@@ -176,7 +126,12 @@ def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
     :math:`(x_t, \epsilon_t)` and carries :math:`h_t + \epsilon_t`), and
     :math:`\partial L/\partial h_t = \partial L/\partial \epsilon_t` at
     :math:`\epsilon = 0`. The cost is about one ``jax.value_and_grad`` of the loss
-    (``benchmarks/state_gradients.py`` measures it).
+    (``benchmarks/state_gradients.py`` measures it). The perturbed step is
+    :func:`seqjax.recurrent.perturbed_step`; a cell runs it through
+    :func:`~seqjax.recurrent.unroll`, a layer through its own
+    ``apply(..., perturbations=...)`` hook (so a layer is analysed by the same
+    layer x direction loop that trains it; with ``fused_backward=True`` that call
+    uses the plain autodiff unroll).
 
     Why not the gradient w.r.t. the scan *outputs* ``ys``: differentiating
     ``loss_fn(ys)`` w.r.t. ``ys`` treats every :math:`y_t` as an independent leaf, so
@@ -190,7 +145,8 @@ def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
 
     Args:
       cell: a :class:`seqjax.cells.Cell`, or a multi-layer / bidirectional
-        :class:`seqjax.recurrent.Recurrent` layer (analysed without dropout).
+        :class:`seqjax.recurrent.Recurrent` layer (analysed without dropout:
+        deterministic, no ``dropout_key``).
       params: ``cell.init(...)`` (or ``layer.init(...)``).
       xs: (B, T, E) floating inputs, batch-major, T >= 1.
       loss_fn: maps the per-step outputs to a scalar: (B, T, H) for a cell,
@@ -222,9 +178,9 @@ def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
     carry0 = _check_cell_inputs(cell, params, xs, initial_carry)
     B, T, _ = xs.shape
     if lengths is not None:
-        lengths = validate_lengths(lengths, B, T)
+        lengths = checks.check_lengths(lengths, B, T)
     eps0 = _zeros_with_time(carry0, T)
-    step = _perturbed_step(cell)
+    step = perturbed_step(cell)
 
     def loss_of_eps(eps):
         _, ys = unroll(step, params, carry0, (xs, eps), lengths=lengths)  # ys (B, T, H)
@@ -236,23 +192,21 @@ def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
 
 
 def _layer_state_gradients(rec: Recurrent, params, xs, loss_fn, initial_carry, lengths):
+    """The layer's own forward with zero perturbations (its ``perturbations`` hook), differentiated."""
     _check_xs(xs)
+
+    def outputs(eps):                                                   # (B, T, D*H)
+        return rec.apply(params, xs, lengths=lengths, initial_carry=initial_carry, perturbations=eps)[0]
+
     # The layer's own boundary checks (params layout, E, lengths, initial_carry) run
     # here on shapes only; eval_shape also gives the outputs' shape for the loss check.
-    ys_shape = jax.eval_shape(lambda: rec.apply(params, xs, lengths=lengths, initial_carry=initial_carry,
-                                                deterministic=True)[0])
-    _check_scalar_loss(loss_fn, ys_shape)
+    _check_scalar_loss(loss_fn, jax.eval_shape(outputs, None))
     cfg = rec.config
     B, T, _ = xs.shape
-    if lengths is not None:
-        lengths = validate_lengths(lengths, B, T)
-    directions = ("forward", "backward") if cfg.bidirectional else ("forward",)
-    carry0 = (initial_carry if initial_carry is not None
-              else cfg.cell.initial_carry((cfg.num_layers * len(directions), B),
-                                          carry_dtype(params["layers"][0]["forward"], xs)))
-    one = jax.tree.map(lambda a: a[0], carry0)                         # (B, H) leaves
-    eps0 = [{d: _zeros_with_time(one, T) for d in directions} for _ in range(cfg.num_layers)]
-    return jax.grad(lambda eps: loss_fn(_layer_outputs(rec, params, xs, eps, lengths, carry0)))(eps0)
+    dtype = carry_dtype(params["layers"][0]["forward"], xs)
+    eps0 = [{d: cfg.cell.initial_carry((B, T), dtype) for d in cfg.directions}   # (B, T, H) leaves
+            for _ in range(cfg.num_layers)]
+    return jax.grad(lambda eps: loss_fn(outputs(eps)))(eps0)
 
 
 # ----------------------------------------------------------------------------- Jacobian norms
@@ -332,7 +286,7 @@ def _power_jacobian_norms(cell: Cell, params: Params, xs: Array, carry0: Carry, 
     compilation and nothing they capture stays in a cache.
     """
     T = xs.shape[1]
-    step = _perturbed_step(cell)
+    step = perturbed_step(cell)
     eps0 = _zeros_with_time(carry0, T)
 
     def final_state(eps):
@@ -408,10 +362,8 @@ def jacobian_norms(cell: Cell, params: Params, xs: Array, *, initial_carry: Carr
       (B, len(steps)) norms (B, T) by default) in the dtype of ``xs``.
     """
     carry0 = _check_cell_inputs(cell, params, xs, initial_carry)
-    if method not in ("auto", "exact", "power"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'power', got {method!r}")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"num_iters must be an int >= 1, got {num_iters!r}")
+    checks.check_choice(method, "method", ("auto", "exact", "power"))
+    num_iters = checks.check_int(num_iters, "num_iters")
     T = xs.shape[1]
     if steps is None:
         steps = np.arange(T)
@@ -425,7 +377,7 @@ def jacobian_norms(cell: Cell, params: Params, xs: Array, *, initial_carry: Carr
         method = "exact" if n <= 128 else "power"
     if method == "exact":
         return _exact_jacobian_norms(cell, params, xs, carry0)[:, steps]
-    key = jax.random.key(0) if key is None else key
+    key = jax.random.key(0) if key is None else checks.check_key(key)
     return _power_jacobian_norms(cell, params, xs, carry0, jnp.asarray(steps), num_iters, key)
 
 
@@ -459,91 +411,8 @@ def input_gradient_norms(fn: Callable[[Array], Array], x: Array, *, position: in
     """
     _check_xs(x, "x")
     T = x.shape[1]
-    if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
-        raise TypeError(f"position must be an int, got {type(position).__name__}")
-    if not -T <= position < T:
-        raise ValueError(f"position must lie in [-T, T) = [{-T}, {T}), got {position}")
+    position = checks.check_int(position, "position", minimum=-T, maximum=T - 1)
     loss_fn = (lambda y: 0.5 * jnp.sum(y ** 2)) if loss_fn is None else loss_fn
     _check_scalar_loss(lambda y: loss_fn(y[:, position]), jax.eval_shape(fn, x))
     g = jax.grad(lambda x_: loss_fn(fn(x_)[:, position]))(x)                     # (B, T, D)
     return safe_norm(g, axis=-1)
-
-
-# ----------------------------------------------------------------------------- gradient statistics
-
-
-def _key_name(entry) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def _paths(tree) -> list[tuple[tuple[str, ...], Array]]:
-    return [(tuple(_key_name(e) for e in path), leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
-
-
-def _sum_sq(a: Array) -> Array:
-    a = jnp.asarray(a)
-    dtype = jnp.promote_types(a.dtype, jnp.float32)     # bfloat16 grads are reduced in float32
-    return jnp.sum(jnp.square(a.astype(dtype)))
-
-
-def global_norm(tree: Any) -> Array:
-    r"""Global 2-norm of a pytree, :math:`\sqrt{\sum_\ell \|g_\ell\|^2}` (as ``optax.global_norm``).
-
-    Reduced in at least float32. Pure: usable inside ``jax.jit``.
-    """
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros(())
-    return jnp.sqrt(sum(_sum_sq(a) for a in leaves))
-
-
-def grad_norms_by_path(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
-    """2-norms of a gradient pytree's parts, as a flat ``{"<prefix>/<path>": norm}`` dict.
-
-    Paths join the pytree keys with ``/`` (dict keys, list indices, NamedTuple field
-    names): ``{"layers": [{"attn": {"w_q": g}}]}`` gives ``"grads/layers/0/attn/w_q"``.
-    With ``depth=k``, leaves sharing their first k path components are grouped and
-    the group's norm is :math:`\\sqrt{\\sum \\|g\\|^2}`: ``depth=2`` on the example
-    gives one norm per layer, ``"grads/layers/0"``. Pure pytree reduction: call it
-    inside the jitted step and return the dict as metrics (nanodo style).
-
-    Args:
-      grads: any pytree of arrays.
-      prefix: the metric-name prefix.
-      depth: group by this many leading path components (>= 1); None = every leaf.
-
-    Returns:
-      dict from name to a float scalar array, in pytree order.
-    """
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ValueError(f"depth must be None or an int >= 1, got {depth!r}")
-    groups: dict[str, list] = {}
-    for path, leaf in _paths(grads):
-        name = "/".join((prefix,) + (path if depth is None else path[:depth]))
-        groups.setdefault(name, []).append(_sum_sq(leaf))
-    return {name: jnp.sqrt(sum(sq)) for name, sq in groups.items()}
-
-
-def gradient_statistics(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
-    """Training metrics of a gradient pytree: global norm, max |g|, non-finite count, per-path norms.
-
-    Returns a flat dict (pure, jittable):
-
-    - ``"<prefix>/global_norm"``: :func:`global_norm`;
-    - ``"<prefix>/max_abs"``: the largest absolute entry;
-    - ``"<prefix>/nonfinite"``: the number of NaN/inf entries (int32);
-    - ``"<prefix>/<path>"``: :func:`grad_norms_by_path` with ``depth``.
-    """
-    leaves = jax.tree.leaves(grads)
-    stats = {f"{prefix}/global_norm": global_norm(grads)}
-    if leaves:
-        stats[f"{prefix}/max_abs"] = jnp.max(jnp.stack(
-            [jnp.max(jnp.abs(a)).astype(jnp.promote_types(a.dtype, jnp.float32)) for a in leaves]))
-        stats[f"{prefix}/nonfinite"] = sum(jnp.sum(~jnp.isfinite(a)).astype(jnp.int32) for a in leaves)
-    stats.update(grad_norms_by_path(grads, prefix=prefix, depth=depth))
-    return stats
-

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_csv",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "to_jsonable", "save_json", "load_json", "save_csv",
            "load_csv", "save_npz", "save_figure", "ensure_writable_dir"]
 
 
@@ -57,16 +57,24 @@ def _atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename); returns ``path``."""
     with _atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(obj: Any):
+def to_jsonable(obj: Any):
+    """The ``default=`` hook of ``json.dumps`` for results: NumPy/JAX scalars become Python
+    numbers, arrays nested lists, paths strings, sets and tuples lists.
+
+    Raises:
+      TypeError: for any other type (as ``json.dumps`` expects of its hook).
+    """
     if isinstance(obj, (np.generic,)):
         return obj.item()
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
@@ -80,10 +88,11 @@ def _jsonable(obj: Any):
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (numpy/JAX scalars and arrays become lists)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=to_jsonable) + "\n")
 
 
 def load_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by :func:`save_json`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -99,11 +108,12 @@ def save_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
     writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _jsonable(v) if isinstance(v, np.generic) else v for k, v in row.items()})
+        writer.writerow({k: to_jsonable(v) if isinstance(v, np.generic) else v for k, v in row.items()})
     return atomic_write_text(path, buf.getvalue())
 
 
 def load_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a CSV file with a header row as a list of dicts of strings."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 

@@ -25,6 +25,11 @@ Same forward, same padding semantics, gradients equal to autodiff's up to float
 rounding; faster reverse mode (``benchmarks/results/recurrent.md``), but no
 forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``).
 
+``layer(...).apply(..., perturbations=...)`` is the hook of gradient analysis: it
+adds a given (B, T, H) perturbation to every (layer, direction, step) carry
+(:func:`perturbed_step`), so :func:`seqjax.gradients.state_gradients` differentiates
+this module's own layer x direction loop instead of a copy of it.
+
 Measured layout choice: ``x_t @ W_ih`` is computed inside each step: on XLA:CPU
 hoisting it out of the scan measured 1.6-1.9x slower for LSTM/GRU forward+backward
 at B=32, T=128, I=128, H=256 (``benchmarks/results/input_projection.md``).
@@ -37,13 +42,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from seqjax import _fused
-from seqjax.cells import Cell, LSTMState
+from seqjax import checks, layers
+from seqjax.cells import Cell
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
-__all__ = ["unroll", "static_unroll", "Recurrent", "RecurrentConfig", "layer", "validate_lengths", "carry_dtype"]
+__all__ = ["unroll", "static_unroll", "perturbed_step", "Recurrent", "RecurrentConfig", "layer",
+           "carry_dtype"]
 
 StepFn = Callable[[Params, Carry, Any], tuple[Carry, Any]]
 
@@ -144,6 +149,33 @@ def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
     return carry, _to_time_major(ys, time_major)
 
 
+# ----------------------------------------------------------------------------- perturbed step
+
+
+@functools.lru_cache(maxsize=64)
+def perturbed_step(cell: Cell) -> StepFn:
+    r"""``cell.step`` with a perturbation added to the new carry; the scanned input is ``(x_t, eps_t)``.
+
+    ``step(params, carry, (x_t, eps_t)) -> (carry', y_t)`` with ``carry' = cell.step(...)[0]
+    + eps_t`` (eps_t has the carry's structure, (B, H) leaves) and ``y_t =
+    cell.output(carry')``: the output is re-read from the perturbed carry, so eps_t
+    reaches a loss through every path the state takes (its own output and all later
+    steps), and :math:`\partial L/\partial \epsilon_t` at :math:`\epsilon = 0` is the
+    total :math:`\partial L/\partial h_t`. With eps = 0 it is ``cell.step`` exactly.
+
+    This is the hook :func:`seqjax.gradients.state_gradients` differentiates, for a
+    cell through :func:`unroll` and for a layer through ``apply(...,
+    perturbations=...)``. It depends on the cell only and is cached per cell, so
+    eager calls with new params reuse :func:`unroll`'s compilation.
+    """
+    def step(params: Params, carry: Carry, x_eps) -> tuple[Carry, Array]:
+        x, eps = x_eps
+        carry, _ = cell.step(params, carry, x)
+        carry = jax.tree.map(jnp.add, carry, eps)
+        return carry, cell.output(carry)
+    return step
+
+
 # ----------------------------------------------------------------------------- layers
 
 
@@ -161,6 +193,11 @@ class RecurrentConfig(NamedTuple):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The params keys of one layer: ``("forward",)`` or ``("forward", "backward")``."""
+        return ("forward", "backward") if self.bidirectional else ("forward",)
+
 
 class Recurrent(NamedTuple):
     """A recurrent layer: pure functions over a params pytree.
@@ -172,7 +209,8 @@ class Recurrent(NamedTuple):
     Attributes:
       init: ``init(key, input_size, dtype=float32) -> params``.
       apply: ``apply(params, x, *, lengths=None, initial_carry=None, dropout_key=None,
-        deterministic=False) -> (outputs, final)``; see :func:`layer`.
+        perturbations=None) -> (outputs, final)``: x (B, T, E) -> outputs (B, T, D*H)
+        and the final state, (L*D, B, H) leaves; see :func:`layer`.
       initial_carry: ``initial_carry(batch_size, dtype=float32) -> final-layout zeros``.
       config: the :class:`RecurrentConfig`.
     """
@@ -183,38 +221,11 @@ class Recurrent(NamedTuple):
     config: RecurrentConfig
 
 
-def validate_lengths(lengths, batch_size: int, T: int, name: str = "lengths") -> Array:
-    """Check a (B,) integer lengths array; values are checked when they are concrete.
-
-    Under ``jax.jit`` the values are tracers and only shape and dtype are checked.
-    """
-    lengths = jnp.asarray(lengths) if not isinstance(lengths, jax.Array) else lengths
-    if lengths.shape != (batch_size,):
-        raise ValueError(f"{name} must have shape (B,) = ({batch_size},), got {lengths.shape}")
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"{name} must be integers, got dtype {lengths.dtype}")
-    if not isinstance(lengths, jax.core.Tracer):
-        values = np.asarray(lengths)
-        if values.size and (values.min() < 1 or values.max() > T):
-            raise ValueError(f"{name} must lie in [1, T] = [1, {T}], "
-                             f"got min {values.min()} and max {values.max()}")
-    return lengths
-
-
 def carry_dtype(cell_params: Params, x: Array) -> jnp.dtype:
     """The dtype a recurrence over ``x`` with ``cell_params`` carries: the promotion of
     the input and recurrent-weight dtypes (bfloat16 inputs with float32 weights carry
     float32), so that the scan's carry keeps one dtype from step to step."""
     return jnp.result_type(x.dtype, cell_params["w_hh"].dtype)
-
-
-def _final_layout(cell: Cell, finals: list) -> Carry:
-    """Per-(layer, direction) carries (B, H) -> PyTorch's (L*D, B, H) stack."""
-    return jax.tree.map(lambda *a: jnp.stack(a), *finals)
-
-
-def _split_initial(initial_carry: Carry, index: int) -> Carry:
-    return jax.tree.map(lambda a: a[index], initial_carry)
 
 
 def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
@@ -227,7 +238,8 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
       bidirectional: also run each layer from the end; outputs concatenate
         [forward, backward] on the feature axis.
       dropout: rate in [0, 1) applied to the outputs of every layer but the last,
-        as ``torch.nn.LSTM(dropout=...)`` does in training mode.
+        as ``torch.nn.LSTM(dropout=...)`` does in training mode (only when ``apply``
+        gets a ``dropout_key``).
       fused_backward: run each (layer, direction) through a scan with a
         hand-written backward pass (``jax.custom_vjp``): the backward scan only
         carries dh (and dc) and emits gate gradients, then dW_ih, dW_hh, the biases
@@ -237,60 +249,60 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) through the
         layer is NOT supported with it (a TypeError); second derivatives by reverse
         mode or ``jax.hessian`` still work (JAX differentiates the hand-written
-        backward, which is plain JAX). Supported cells:
-        ``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_linear"``
-        (by ``cell.name``); any other cell raises ValueError here.
+        backward, which is plain JAX). Needs a cell with a hand-written backward
+        (``cell.pointwise_backward is not None``: every cell of
+        :func:`seqjax.cells.make`); any other cell raises ValueError here. A call
+        with ``perturbations`` runs the plain (autodiff) unroll instead.
 
     Returns:
       A :class:`Recurrent` whose ``apply(params, x, *, lengths=None,
-      initial_carry=None, dropout_key=None, deterministic=False)`` maps
+      initial_carry=None, dropout_key=None, perturbations=None)`` maps
 
       - ``x`` (B, T, E), floating, batch-major;
       - ``lengths`` (B,) ints in [1, T], right padding;
       - ``initial_carry``: the final-state layout, (L*D, B, H) (an ``LSTMState`` of
         two such arrays for LSTM); zeros by default;
-      - ``dropout_key``: needed when ``dropout > 0`` unless ``deterministic=True``;
+      - ``dropout_key``: a PRNG key switches dropout between layers on; None (the
+        default) is deterministic (evaluation);
+      - ``perturbations``: the hook of :func:`seqjax.gradients.state_gradients`:
+        None, or a list mirroring ``params["layers"]``, element k
+        ``{direction: p}`` with ``p`` the carry's structure with a time axis,
+        (B, T, H) leaves (``cell.initial_carry((B, T))``); ``p[:, t]`` is added to
+        that (layer, direction)'s carry after it consumes step t
+        (:func:`perturbed_step`), so zeros change nothing and the gradient of a loss
+        w.r.t. ``p[:, t]`` is the total dL/dh_t of that state;
 
       to ``(outputs, final)``: outputs (B, T, D*H), zero at padded steps, and the
       final state in the layout of ``initial_carry``.
     """
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a seqjax.cells.Cell (e.g. cells.lstm(64)), got {type(cell).__name__}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-    dropout = float(dropout)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if not isinstance(fused_backward, (bool, np.bool_)):
-        raise TypeError(f"fused_backward must be a bool, got {fused_backward!r}")
-    if fused_backward and cell.name not in _fused.SUPPORTED_CELLS:
-        raise ValueError(f"fused_backward=True supports the cells {list(_fused.SUPPORTED_CELLS)} "
-                         f"(by cell.name), got a cell named {cell.name!r}; use fused_backward=False")
-    config = RecurrentConfig(cell, num_layers, bool(bidirectional), dropout, bool(fused_backward))
-    directions = ("forward", "backward") if bidirectional else ("forward",)
+    num_layers = checks.check_int(num_layers, "num_layers")
+    bidirectional = checks.check_bool(bidirectional, "bidirectional")
+    dropout = checks.check_rate(dropout, "dropout")
+    fused_backward = checks.check_bool(fused_backward, "fused_backward")
+    if fused_backward:
+        # imported here: _fused is built on this module's unroll
+        from seqjax import _fused
+        if not _fused.supports(cell):
+            raise ValueError(f"fused_backward=True needs a cell with a hand-written backward "
+                             f"(cell.pointwise_backward), but the cell {cell.name!r} has none; "
+                             "use fused_backward=False")
+    config = RecurrentConfig(cell, num_layers, bidirectional, dropout, fused_backward)
+    directions = config.directions
     H = cell.hidden_size
     ND = len(directions)
 
     def init(key: PRNGKey, input_size: int, dtype: DType = jnp.float32) -> Params:
-        keys = jax.random.split(key, num_layers * ND).reshape(num_layers, ND)
-        layers = []
-        for k in range(num_layers):
-            in_size = input_size if k == 0 else ND * H
-            layers.append({d: cell.init(keys[k, j], in_size, dtype) for j, d in enumerate(directions)})
-        return {"layers": layers}
+        keys = jax.random.split(checks.check_key(key), num_layers * ND).reshape(num_layers, ND)
+        return {"layers": [{d: cell.init(keys[k, j], input_size if k == 0 else ND * H, dtype)
+                            for j, d in enumerate(directions)} for k in range(num_layers)]}
 
     def initial_carry(batch_size: int, dtype: DType = jnp.float32) -> Carry:
-        zeros = cell.initial_carry((num_layers * ND, batch_size), dtype)
-        return zeros
+        return cell.initial_carry((num_layers * ND, batch_size), dtype)
 
-    def _check(params: Params, x, lengths, carry0):
-        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-            raise TypeError(f"x must be an array of shape (B, T, E), got {type(x).__name__}")
-        if x.ndim != 3:
-            raise ValueError(f"x must have shape (B, T, E) (rank 3), got shape {x.shape}")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"x must be floating (float32, bfloat16, float64), got dtype {x.dtype}; "
-                            "embed integer tokens first")
+    def _check(params: Params, x, lengths, carry0, dropout_key, perturbations):
+        checks.check_array(x, "x", 3, "(B, T, E)")
         try:
             E = params["layers"][0]["forward"]["w_ih"].shape[0]
         except (KeyError, IndexError, TypeError) as err:
@@ -305,53 +317,44 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         if T < 1:
             raise ValueError(f"x must have at least one time step, got shape {x.shape}")
         if lengths is not None:
-            lengths = validate_lengths(lengths, B, T)
-        if carry0 is not None:
-            expected = (num_layers * ND, B, H)
-            ref = cell.initial_carry((num_layers * ND, B))
-            if jax.tree.structure(carry0) != jax.tree.structure(ref):
-                raise ValueError(f"initial_carry must have the structure {jax.tree.structure(ref)}, "
-                                 f"got {jax.tree.structure(carry0)}")
-            dtype = carry_dtype(params["layers"][0]["forward"], x)
-            for leaf in jax.tree.leaves(carry0):
-                if tuple(leaf.shape) != expected:
-                    raise ValueError(f"initial_carry leaves must have shape (L*D, B, H) = {expected}, "
-                                     f"got {tuple(leaf.shape)}")
-                if leaf.dtype != dtype:
-                    raise TypeError(f"initial_carry must have dtype {dtype} (the promotion of x's {x.dtype} "
-                                    f"and the params' {params['layers'][0]['forward']['w_hh'].dtype}), "
-                                    f"got {leaf.dtype}")
-        return lengths
+            lengths = checks.check_lengths(lengths, B, T)
+        if dropout_key is not None:
+            checks.check_key(dropout_key, "dropout_key")
+        dtype = carry_dtype(params["layers"][0]["forward"], x)
+        if carry0 is None:
+            carry0 = cell.initial_carry((num_layers * ND, B), dtype)
+        else:
+            checks.check_tree_like(carry0, jax.eval_shape(lambda: cell.initial_carry((num_layers * ND, B), dtype)),
+                                   "initial_carry", "(L*D, B, H)")
+        if perturbations is not None:
+            per_step = jax.eval_shape(lambda: cell.initial_carry((B, T), dtype))
+            checks.check_tree_like(perturbations, [{d: per_step for d in directions}] * num_layers,
+                                   "perturbations", "(B, T, H)")
+        return lengths, carry0
 
     def apply(params: Params, x: Array, *, lengths: Array | None = None,
               initial_carry: Carry | None = None, dropout_key: PRNGKey | None = None,
-              deterministic: bool = False) -> tuple[Array, Carry]:
-        lengths = _check(params, x, lengths, initial_carry)
-        use_dropout = dropout > 0.0 and not deterministic and num_layers > 1
-        if use_dropout and dropout_key is None:
-            raise ValueError(f"dropout={dropout} needs dropout_key=jax.random.key(...), "
-                             "or deterministic=True to switch it off (evaluation)")
-        B = x.shape[0]
-        if initial_carry is None:
-            initial_carry = cell.initial_carry((num_layers * ND, B), carry_dtype(params["layers"][0]["forward"], x))
+              perturbations: list | None = None) -> tuple[Array, Carry]:
+        lengths, carry0 = _check(params, x, lengths, initial_carry, dropout_key, perturbations)
         finals = []
-        h = x
+        h = x                                                              # (B, T, E)
         for k in range(num_layers):
             outs = []
             for j, d in enumerate(directions):
-                c0 = _split_initial(initial_carry, k * ND + j)
-                if fused_backward:
-                    final, ys = _fused.fused_unroll(cell.name, params["layers"][k][d], c0, h,
-                                                    lengths=lengths, reverse=(d == "backward"))
+                p, c0, rev = params["layers"][k][d], jax.tree.map(lambda a: a[k * ND + j], carry0), d == "backward"
+                if perturbations is not None:
+                    final, ys = unroll(perturbed_step(cell), p, c0, (h, perturbations[k][d]),
+                                       lengths=lengths, reverse=rev)
+                elif fused_backward:
+                    final, ys = _fused.fused_unroll(cell, p, c0, h, lengths=lengths, reverse=rev)
                 else:
-                    final, ys = unroll(cell.step, params["layers"][k][d], c0, h,
-                                       lengths=lengths, reverse=(d == "backward"))
-                finals.append(final)
-                outs.append(ys)
-            h = outs[0] if ND == 1 else jnp.concatenate(outs, axis=-1)   # (B, T, ND*H)
-            if use_dropout and k < num_layers - 1:
-                keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, k), 1.0 - dropout, h.shape)
-                h = jnp.where(keep, h / (1.0 - dropout), jnp.zeros_like(h))
-        return h, _final_layout(cell, finals)
+                    final, ys = unroll(cell.step, p, c0, h, lengths=lengths, reverse=rev)
+                finals.append(final)                                       # (B, H) leaves
+                outs.append(ys)                                            # (B, T, H)
+            h = outs[0] if ND == 1 else jnp.concatenate(outs, axis=-1)    # (B, T, ND*H)
+            if k < num_layers - 1:
+                h = layers.dropout(h, dropout, layers.sub_key(dropout_key, k))
+        # per-(layer, direction) (B, H) leaves -> PyTorch's (L*D, B, H), layer-major, forward first
+        return h, jax.tree.map(lambda *a: jnp.stack(a), *finals)
 
     return Recurrent(init, apply, initial_carry, config)

@@ -1,4 +1,4 @@
-"""Training: a pure ``train_step``, truncated BPTT, data parallelism and ``fit``.
+"""Training, the pure part: optimisers, schedules, ``TrainState``, ``train_step``, truncated BPTT, gradient metrics.
 
 The pieces, from the inside out::
 
@@ -12,51 +12,56 @@ The pieces, from the inside out::
 supplies: a scalar loss and a flat dict of scalar metrics (accuracy, ...). ``key``
 is a PRNG key during training (for dropout) and ``None`` in evaluation.
 
-:func:`fit` is the one stateful shell: progress bar, periodic evaluation, metrics
-appended to ``metrics.jsonl`` (and ``train_metrics.csv`` / ``eval_metrics.csv``),
-orbax checkpoints, exact resume and a NaN/Inf guard. Its data stream is
-``data_fn(step)``, a pure function of the step (e.g.
-``lambda s: tasks.adding(jax.random.fold_in(key, s), 64)``), and the dropout key of
-step ``s`` is ``fold_in(state.rng, s)``; so a resumed run replays exactly the
-batches and keys of an uninterrupted one, and its final parameters are
-bit-identical on CPU.
+Everything in this module is a pure function of its arguments, usable inside
+``jax.jit``, ``jax.vmap`` (e.g. over seeds) and ``lax.scan``. Norms and clipping
+are optax's (``optax.tree.norm``, ``optax.clip_by_global_norm``); the gradient
+metrics (:func:`global_norm`, :func:`grad_norms_by_path`,
+:func:`gradient_statistics`) are pytree reductions returning flat
+``{"<prefix>/<path>": value}`` dicts from inside the jitted step.
 
-Data parallelism: with more than one device (or an explicit ``mesh``), ``fit``
-shards every batch over a 1-D :class:`jax.sharding.Mesh` with axis ``"data"`` and
-replicates the state; ``jax.jit`` inserts the gradient all-reduce. Multi-process
-(multi-host) runs call ``jax.distributed.initialize()`` first and run the same
-``fit`` on every process: every process runs every step, only process 0
-(``jax.process_index() == 0``) writes metrics files and shows progress, and the
-orbax checkpoint of the (replicated, global) ``jax.Array`` state is a collective
-save that orbax coordinates over the processes; see the README.
+The side-effecting loop around the step (:func:`fit`, :class:`FitResult`,
+:class:`NonFiniteError`, :class:`CheckpointError`, checkpoints, metric files and the
+data-parallel helpers :func:`data_mesh`, :func:`shard_batch`, :func:`replicate`)
+lives in :mod:`seqjax.loop`; its names are re-exported here, so ``seqjax.train`` is
+the one import a user needs.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+import importlib
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from seqjax import io
-from seqjax.gradients import global_norm
+from seqjax import checks
 from seqjax.types import Array, Carry, Params, PRNGKey
+
+#: Names defined in :mod:`seqjax.loop` and re-exported here on first use.
+_LOOP_NAMES = ("data_mesh", "shard_batch", "replicate", "NonFiniteError", "CheckpointError",
+               "FitResult", "fit")
 
 __all__ = [
     "OPTIMIZERS", "SCHEDULES", "make_schedule", "make_optimizer",
-    "TrainState", "Trainer", "trainer", "truncated_bptt", "global_norm",
-    "data_mesh", "shard_batch", "replicate",
-    "NonFiniteError", "CheckpointError", "FitResult", "fit",
+    "TrainState", "Trainer", "trainer", "truncated_bptt",
+    "global_norm", "grad_norms_by_path", "gradient_statistics",
+    *_LOOP_NAMES,
 ]
 
 LossFn = Callable[[Params, Any, "PRNGKey | None"], tuple[Array, Mapping[str, Array]]]
+
+
+def __getattr__(name: str):
+    # The loop imports this module (Trainer, TrainState), so it is loaded lazily.
+    if name in _LOOP_NAMES:
+        return getattr(importlib.import_module("seqjax.loop"), name)
+    raise AttributeError(f"module 'seqjax.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LOOP_NAMES))
+
 
 # ----------------------------------------------------------------------------- optimisers
 
@@ -68,13 +73,7 @@ SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine", "exponential")
 
 
 def _check_lr(learning_rate) -> float:
-    try:
-        lr = float(learning_rate)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"learning_rate must be a number > 0, got {learning_rate!r}") from err
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"learning_rate must be > 0 and finite, got {learning_rate}")
-    return lr
+    return checks.check_float(learning_rate, "learning_rate", minimum=0.0, strict_minimum=True)
 
 
 def make_schedule(name: str, learning_rate: float, *, total_steps: int | None = None,
@@ -88,28 +87,31 @@ def make_schedule(name: str, learning_rate: float, *, total_steps: int | None = 
         ``"warmup_cosine"`` (linear warm-up over ``warmup_steps`` then cosine decay);
         ``"exponential"`` (``decay_rate`` per ``total_steps``).
       learning_rate: the peak rate, > 0.
-      total_steps: needed by every schedule but ``"constant"``.
-      warmup_steps: for ``"warmup_cosine"``.
-      end_fraction: final rate as a fraction of the peak.
-      decay_rate: for ``"exponential"``.
+      total_steps: needed by every schedule but ``"constant"``, >= 1.
+      warmup_steps: for ``"warmup_cosine"``, in [0, total_steps).
+      end_fraction: final rate as a fraction of the peak, >= 0.
+      decay_rate: for ``"exponential"``, > 0.
+
+    Returns:
+      ``schedule(step) -> learning rate``, a scalar.
     """
     lr = _check_lr(learning_rate)
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {list(SCHEDULES)}")
+    checks.check_choice(name, "schedule", SCHEDULES)
     if name == "constant":
         return optax.constant_schedule(lr)
-    if total_steps is None or int(total_steps) < 1:
-        raise ValueError(f"schedule {name!r} needs total_steps >= 1, got {total_steps}")
-    total_steps = int(total_steps)
+    if total_steps is None:
+        raise ValueError(f"schedule {name!r} needs total_steps >= 1, got None")
+    total_steps = checks.check_int(total_steps, "total_steps")
+    end_fraction = checks.check_float(end_fraction, "end_fraction", minimum=0.0)
     if name == "linear":
         return optax.linear_schedule(lr, lr * end_fraction, total_steps)
     if name == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps, alpha=end_fraction)
     if name == "warmup_cosine":
-        if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+        warmup_steps = checks.check_int(warmup_steps, "warmup_steps", minimum=0, maximum=total_steps - 1)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps,
                                                   end_value=lr * end_fraction)
+    decay_rate = checks.check_float(decay_rate, "decay_rate", minimum=0.0, strict_minimum=True)
     return optax.exponential_decay(lr, total_steps, decay_rate)
 
 
@@ -118,8 +120,8 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, *, schedule:
                    **optimizer_kwargs) -> optax.GradientTransformation:
     """An optax optimiser by name with a schedule by name.
 
-    Gradient clipping is not part of it: :func:`trainer` clips (and reports the
-    norm before clipping) so that the metric and the clip see the same gradient.
+    Gradient clipping is not part of it: :func:`trainer` chains
+    ``optax.clip_by_global_norm`` in front of it and reports the norm before clipping.
 
     Args:
       name: one of :data:`OPTIMIZERS`.
@@ -133,10 +135,87 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, *, schedule:
       ValueError: unknown optimiser or schedule name, or ``learning_rate <= 0``.
     """
     lr = _check_lr(learning_rate)
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+    checks.check_choice(name, "optimizer", OPTIMIZERS)
     sched = make_schedule(schedule, lr, total_steps=total_steps, warmup_steps=warmup_steps)
     return getattr(optax, name)(learning_rate=sched, **optimizer_kwargs)
+
+
+# ----------------------------------------------------------------------------- gradient metrics
+
+
+def _at_least_float32(tree: Any) -> Any:
+    """Leaves promoted to at least float32 (bfloat16 gradients are reduced in float32)."""
+    def promote(a):
+        a = jnp.asarray(a)
+        return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    return jax.tree.map(promote, tree)
+
+
+def global_norm(tree: Any) -> Array:
+    r"""Global 2-norm of a pytree, :math:`\sqrt{\sum_\ell \|g_\ell\|^2}`: ``optax.tree.norm``.
+
+    Reduced in at least float32 (bfloat16 leaves are promoted first). Pure: usable
+    inside ``jax.jit``. An empty tree has norm 0.
+
+    Returns:
+      () float scalar.
+    """
+    return optax.tree.norm(_at_least_float32(tree))
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def grad_norms_by_path(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
+    r"""2-norms of a gradient pytree's parts, as a flat ``{"<prefix>/<path>": norm}`` dict.
+
+    Paths join the pytree keys with ``/`` (dict keys, list indices, NamedTuple field
+    names): ``{"layers": [{"attn": {"w_q": g}}]}`` gives ``"grads/layers/0/attn/w_q"``.
+    With ``depth=k``, leaves sharing their first k path components are grouped and
+    the group's norm is their :func:`global_norm`, :math:`\sqrt{\sum \|g\|^2}`:
+    ``depth=2`` on the example gives one norm per layer, ``"grads/layers/0"``. Pure
+    pytree reduction: call it inside the jitted step and return the dict as metrics
+    (nanodo style).
+
+    Args:
+      grads: any pytree of arrays.
+      prefix: the metric-name prefix.
+      depth: group by this many leading path components (>= 1); None = every leaf.
+
+    Returns:
+      dict from name to a () float scalar, in pytree order.
+    """
+    if depth is not None:
+        depth = checks.check_int(depth, "depth")
+    groups: dict[str, list] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+        path = tuple(_key_name(e) for e in path)
+        name = "/".join((prefix,) + (path if depth is None else path[:depth]))
+        groups.setdefault(name, []).append(leaf)
+    return {name: global_norm(leaves) for name, leaves in groups.items()}
+
+
+def gradient_statistics(grads: Any, *, prefix: str = "grads", depth: int | None = None) -> dict[str, Array]:
+    """Training metrics of a gradient pytree: global norm, max |g|, non-finite count, per-path norms.
+
+    Returns a flat dict of () scalars (pure, jittable):
+
+    - ``"<prefix>/global_norm"``: :func:`global_norm`;
+    - ``"<prefix>/max_abs"``: the largest absolute entry;
+    - ``"<prefix>/nonfinite"``: the number of NaN/inf entries (int32);
+    - ``"<prefix>/<path>"``: :func:`grad_norms_by_path` with ``depth``.
+    """
+    leaves = jax.tree.leaves(grads)
+    stats = {f"{prefix}/global_norm": global_norm(grads)}
+    if leaves:
+        stats[f"{prefix}/max_abs"] = optax.tree.max(jax.tree.map(jnp.abs, _at_least_float32(leaves)))
+        stats[f"{prefix}/nonfinite"] = sum(jnp.sum(~jnp.isfinite(a)).astype(jnp.int32) for a in leaves)
+    stats.update(grad_norms_by_path(grads, prefix=prefix, depth=depth))
+    return stats
 
 
 # ----------------------------------------------------------------------------- train step
@@ -148,7 +227,8 @@ class TrainState(NamedTuple):
     Attributes:
       step: () int32, ``train_step`` calls (batches) done so far.
       params: the model's params pytree.
-      opt_state: the optax state.
+      opt_state: the state of ``Trainer.optimizer`` (the clip chained before the
+        optimiser when ``clip_norm`` is set).
       rng: (2,) uint32 raw key data (``jax.random.key_data``); the dropout key of step
         ``s`` is ``fold_in(wrap_key_data(rng), s)``, a pure function of the step.
     """
@@ -164,12 +244,15 @@ class Trainer(NamedTuple):
 
     Attributes:
       init: ``init(params, key) -> TrainState``.
-      train_step: ``train_step(state, batch) -> (state, metrics)``; metrics hold
-        ``loss``, ``grad_norm`` (global norm before clipping), ``grad_norm/<group>``
-        (per top-level param key), ``update_norm`` and the loss function's own metrics.
+      train_step: ``train_step(state, batch) -> (state, metrics)``; metrics are ()
+        scalars: ``loss``, ``grad_norm`` (global norm before clipping),
+        ``grad_norm/<group>`` (per top-level key of a dict of params),
+        ``update_norm`` and the loss function's own metrics.
       eval_step: ``eval_step(params, batch) -> metrics`` (``loss`` plus the loss
         function's metrics, with ``key=None``).
-      optimizer: the optax transformation.
+      optimizer: the optax transformation applied to the gradients:
+        ``optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)`` with
+        clipping, else the optimiser itself.
     """
 
     init: Callable[[Params, PRNGKey], TrainState]
@@ -178,34 +261,19 @@ class Trainer(NamedTuple):
     optimizer: optax.GradientTransformation
 
 
-def _group_norms(grads) -> dict[str, Array]:
-    """``grad_norm/<key>`` for each top-level key of a dict of params (nanodo style)."""
-    if isinstance(grads, Mapping):
-        return {f"grad_norm/{k}": global_norm(v) for k, v in grads.items()}
-    return {}
-
-
-def _clip(grads, norm: Array, clip_norm: float | None):
-    """Global-norm clipping (Pascanu et al. 2013): g * min(1, c / ||g||), direction kept."""
+def _with_clipping(optimizer, clip_norm) -> optax.GradientTransformation:
+    """``optimizer`` behind optax's global-norm clip (Pascanu et al. 2013): g * min(1, c / ||g||)."""
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if clip_norm is None:
-        return grads
-    scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
-    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
-
-
-def _check_clip(clip_norm) -> float | None:
-    if clip_norm is None:
-        return None
-    clip_norm = float(clip_norm)
-    if not clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0 (or None for no clipping), got {clip_norm}")
-    return clip_norm
+        return optimizer
+    clip_norm = checks.check_float(clip_norm, "clip_norm", minimum=0.0, strict_minimum=True)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
 def _init_state(optimizer):
     def init(params: Params, key: PRNGKey) -> TrainState:
-        if not isinstance(key, jax.Array):
-            raise TypeError(f"key must be a jax PRNG key (jax.random.key(0)), got {type(key).__name__}")
+        key = checks.check_key(key)
         raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
                           jnp.asarray(raw, jnp.uint32))
@@ -216,12 +284,17 @@ def _step_key(state: TrainState) -> PRNGKey:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
-def _apply_grads(optimizer, clip_norm, state: TrainState, grads, loss, metrics, steps: int = 1):
-    norm = global_norm(grads)
-    clipped = _clip(grads, norm, clip_norm)
-    updates, opt_state = optimizer.update(clipped, state.opt_state, state.params)
+def _group_norms(grads) -> dict[str, Array]:
+    """``grad_norm/<key>`` for each top-level key of a dict of params (nanodo style)."""
+    if isinstance(grads, Mapping):
+        return grad_norms_by_path(grads, prefix="grad_norm", depth=1)
+    return {}
+
+
+def _apply_grads(optimizer, state: TrainState, grads, loss, metrics, steps: int = 1):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = {"loss": loss, "grad_norm": norm, **_group_norms(grads),
+    out = {"loss": loss, "grad_norm": global_norm(grads), **_group_norms(grads),
            "update_norm": global_norm(updates), **metrics}
     return TrainState(state.step + steps, params, opt_state, state.rng), out
 
@@ -231,21 +304,24 @@ def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     """Pure ``train_step`` / ``eval_step`` for a loss function and an optax optimiser.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` with a scalar loss
-        and a dict of scalar metrics; ``key`` is None in evaluation.
+      loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` with a () loss
+        and a dict of () metrics; ``key`` is None in evaluation.
       optimizer: an optax ``GradientTransformation`` (see :func:`make_optimizer`).
-      clip_norm: clip the global gradient norm to this value (None: no clipping).
+      clip_norm: clip the global gradient norm to this value, > 0, with
+        ``optax.clip_by_global_norm`` (None: no clipping). The ``grad_norm`` metric
+        is the norm before clipping.
+
+    Returns:
+      A :class:`Trainer`.
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-    clip_norm = _check_clip(clip_norm)
+    optimizer = _with_clipping(optimizer, clip_norm)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, _step_key(state))
-        return _apply_grads(optimizer, clip_norm, state, grads, loss, metrics)
+        return _apply_grads(optimizer, state, grads, loss, metrics)
 
     def eval_step(params: Params, batch) -> dict:
         loss, metrics = loss_fn(params, batch, None)
@@ -298,16 +374,19 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
       optimizer: optax transformation.
       chunk_length: K >= 1.
       initial_carry: ``initial_carry(batch) -> carry`` for the first chunk.
-      clip_norm: global-norm clipping threshold (None: none).
+      clip_norm: global-norm clipping threshold, > 0, applied with
+        ``optax.clip_by_global_norm`` to each update's gradient (None: none).
       update_every_chunk: see above.
 
     Returns:
       A :class:`Trainer`; its ``train_step(state, batch)`` starts each batch from
       ``initial_carry(batch)`` and its ``eval_step`` averages chunk losses.
     """
-    if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
-        raise ValueError(f"chunk_length must be an int >= 1, got {chunk_length!r}")
-    clip_norm = _check_clip(clip_norm)
+    chunk_length = checks.check_int(chunk_length, "chunk_length")
+    update_every_chunk = checks.check_bool(update_every_chunk, "update_every_chunk")
+    if not callable(chunk_loss_fn):
+        raise TypeError(f"chunk_loss_fn must be callable, got {type(chunk_loss_fn).__name__}")
+    optimizer = _with_clipping(optimizer, clip_norm)
     grad_fn = jax.value_and_grad(chunk_loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -321,7 +400,7 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
                 chunk, i = chunk_i
                 carry = jax.lax.stop_gradient(carry)          # the truncation
                 (loss, (carry, m)), g = grad_fn(st.params, carry, chunk, jax.random.fold_in(key, i))
-                st, out = _apply_grads(optimizer, clip_norm, st, g, loss, m, steps=0)
+                st, out = _apply_grads(optimizer, st, g, loss, m, steps=0)
                 return (st, carry), out
             (state, _), outs = jax.lax.scan(body, (state, carry0), (chunks, jnp.arange(n)))
             return state._replace(step=state.step + 1), jax.tree.map(jnp.mean, outs)
@@ -335,7 +414,7 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (_, gsum), (losses, ms) = jax.lax.scan(body, (carry0, zeros), (chunks, jnp.arange(n)))
         grads = jax.tree.map(lambda g: g / n, gsum)
-        return _apply_grads(optimizer, clip_norm, state, grads, jnp.mean(losses),
+        return _apply_grads(optimizer, state, grads, jnp.mean(losses),
                             jax.tree.map(jnp.mean, ms))
 
     def eval_step(params: Params, batch) -> dict:
@@ -348,419 +427,3 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
         return {"loss": jnp.mean(losses), **jax.tree.map(jnp.mean, ms)}
 
     return Trainer(_init_state(optimizer), train_step, eval_step, optimizer)
-
-
-# ----------------------------------------------------------------------------- data parallel
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over ``devices`` (all devices by default;
-    across hosts after ``jax.distributed.initialize()``)."""
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices must not be empty")
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def _batch_size(batch) -> int:
-    leaves = jax.tree.leaves(batch)
-    if not leaves:
-        raise ValueError("batch must contain at least one array")
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"every batch leaf needs the same leading batch axis B; got shapes "
-                         f"{[np.shape(x) for x in leaves]}")
-    return sizes.pop()
-
-
-def _process_rows(sharding: NamedSharding, B: int) -> slice:
-    """The rows [start, stop) of a (B, ...) global batch that this process's devices hold."""
-    rows = sorted({idx[0].indices(B)[:2] for idx in
-                   sharding.addressable_devices_indices_map((B,)).values()})
-    if not rows:
-        raise ValueError(f"mesh has no device of process {jax.process_index()}: in a multi-process "
-                         "run every process must own part of the mesh (use train.data_mesh())")
-    start, stop = rows[0][0], rows[-1][1]
-    if any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
-        raise ValueError(f"mesh puts the devices of process {jax.process_index()} at non-contiguous "
-                         f"positions of its 'data' axis (rows {rows}); order the devices by process, "
-                         "as train.data_mesh() does")
-    return slice(start, stop)
-
-
-def shard_batch(batch, mesh: Mesh):
-    """Split every leaf's batch axis (axis 0) over the mesh's ``"data"`` axis.
-
-    ``batch`` is the global batch (leaves (B, ...)). With one process it is
-    ``jax.device_put`` onto the mesh. With several processes
-    (``jax.process_count() > 1``) every process must pass the same global batch;
-    each one keeps only the rows its own devices hold and the global array is
-    assembled with ``jax.make_array_from_process_local_data`` (no cross-host copy).
-
-    Raises:
-      ValueError: when B is not divisible by the number of devices in the mesh.
-    """
-    B = _batch_size(batch)
-    n = mesh.shape["data"]
-    if B < 1:
-        raise ValueError(f"batch size must be >= 1, got {B}")
-    if B % n:
-        raise ValueError(f"batch size {B} is not divisible by the device count {n}: data-parallel "
-                         f"training splits each batch evenly over the devices; use a multiple of {n}")
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    rows = _process_rows(sharding, B)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding, x[rows], (B, *np.shape(x)[1:])), batch)
-
-
-def _replicate_leaf(x, sharding: NamedSharding):
-    if isinstance(x, jax.Array) and x.sharding == sharding:
-        return x
-    # every process holds the whole value; each contributes it to its own devices
-    return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
-
-
-def replicate(tree, mesh: Mesh):
-    """Place a full copy of every leaf on every device of ``mesh``.
-
-    With several processes every process must pass the same values (it does when
-    they come from the same seed, or from a checkpoint).
-    """
-    sharding = NamedSharding(mesh, PartitionSpec())
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
-
-
-# ----------------------------------------------------------------------------- fit
-
-
-class NonFiniteError(FloatingPointError):
-    """Raised by :func:`fit` when the loss or the gradient norm is NaN or Inf."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: corrupt, or written for another model/config."""
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns: the final state and the metric rows (dicts with ``step``
-    and ``split`` in {"train", "eval"})."""
-
-    state: TrainState
-    history: list[dict]
-
-
-def _signature(state: TrainState) -> list[list]:
-    """[path, shape, dtype] for every leaf: what a checkpoint must match to be resumed."""
-    flat = jax.tree_util.tree_flatten_with_path(state)[0]
-    return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype")
-                                                             else x.dtype)] for p, x in flat]
-
-
-def _finite_row(row: Mapping[str, Any]) -> str | None:
-    for k in ("loss", "grad_norm"):
-        if k in row and not math.isfinite(row[k]):
-            return k
-    return None
-
-
-class _Checkpoints:
-    """orbax CheckpointManager with a JSON ``meta`` item (signature, config) per step.
-
-    The state is saved as ``jax.Array`` leaves, so in a multi-process run every
-    process calls ``save`` / ``restore`` and orbax coordinates them (the primary
-    process writes the metadata and each replicated array once, behind barriers).
-    """
-
-    def __init__(self, directory: Path, max_to_keep: int):
-        import orbax.checkpoint as ocp
-        self.ocp = ocp
-        self.directory = directory
-        self.manager = ocp.CheckpointManager(
-            directory.absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=False))
-
-    def latest(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state: TrainState, meta: dict) -> None:
-        ocp = self.ocp
-        state = jax.tree.map(jnp.asarray, state)        # jax.Array leaves (no-op on the usual state)
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
-
-    def restore(self, step: int, template: TrainState, config: dict | None,
-                mesh: Mesh | None = None) -> TrainState:
-        ocp = self.ocp
-        where = f"checkpoint at step {step} in {str(self.directory)!r}"
-        try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        except Exception as err:  # orbax raises many types for unreadable files
-            raise CheckpointError(f"{where} is corrupt or unreadable (its metadata: {err}); "
-                                  "nothing was changed. Delete that step's folder to resume from "
-                                  "an earlier one, or start a new run.") from err
-        if not isinstance(meta, dict) or "signature" not in meta:
-            raise CheckpointError(f"{where} is corrupt: its metadata has no parameter signature; "
-                                  "nothing was changed")
-        expected = _signature(template)
-        if meta["signature"] != expected:
-            saved = {p: (s, d) for p, s, d in meta["signature"]}
-            now = {p: (s, d) for p, s, d in expected}
-            diffs = [f"{p}: checkpoint {saved.get(p)} vs now {now.get(p)}"
-                     for p in sorted(set(saved) | set(now)) if saved.get(p) != now.get(p)]
-            raise CheckpointError(f"{where} was written for a different model or optimiser "
-                                  f"({len(diffs)} mismatched leaves, e.g. {diffs[:3]}); nothing was changed")
-        if config is not None and meta.get("config") is not None and meta["config"] != _jsonify(config):
-            old, new = meta["config"], _jsonify(config)
-            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise CheckpointError(f"{where} was written with a different config (differs in {keys}: "
-                                  f"{ {k: (old.get(k), new.get(k)) for k in keys[:5]} }); nothing was changed")
-        # restore straight onto the mesh (replicated) when there is one, so every process of a
-        # multi-process run gets a global array; else onto the template's own device
-        target = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-            np.shape(x), x.dtype, sharding=target if target is not None else getattr(x, "sharding", None)),
-            template)
-        try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
-            leaves = jax.tree.leaves(restored)
-            if len(leaves) != len(jax.tree.leaves(template)):
-                raise ValueError(f"{len(leaves)} arrays, expected {len(jax.tree.leaves(template))}")
-        except Exception as err:
-            raise CheckpointError(f"{where} is corrupt or unreadable ({type(err).__name__}: {err}); "
-                                  "nothing was changed") from err
-        state = jax.tree.unflatten(jax.tree.structure(template),
-                                   [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in leaves])
-        if int(state.step) != step:
-            raise CheckpointError(f"{where} holds step {int(state.step)}, not {step}: corrupt")
-        return state
-
-
-def _jsonify(obj):
-    return json.loads(json.dumps(obj, sort_keys=True, default=io._jsonable))
-
-
-def _read_history(path: Path, max_step: int) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:      # a torn last line from a kill: drop it
-                continue
-            if row.get("step", 0) <= max_step:
-                rows.append(row)
-    return rows
-
-
-def _write_csvs(out_dir: Path, history: list[dict]) -> None:
-    for split in ("train", "eval"):
-        rows = [r for r in history if r.get("split") == split]
-        if rows:
-            io.save_csv(out_dir / f"{split}_metrics.csv", rows)
-
-
-def _mean_metrics(rows: list[dict]) -> dict:
-    keys = rows[0].keys()
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
-
-
-def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, num_steps: int,
-        out_dir: str | os.PathLike | None = None, eval_batches: Sequence[Any] | None = None,
-        eval_every: int = 0, checkpoint_every: int = 0, log_every: int = 10,
-        resume: bool = False, config: Mapping[str, Any] | None = None, mesh: Mesh | None = None,
-        progress: bool = True, max_to_keep: int = 2, description: str = "train") -> FitResult:
-    """Train ``num_steps`` optimiser steps: the only stateful shell in seqjax.
-
-    Each step runs ``jax.jit(trainer.train_step)`` on ``data_fn(step)``. Every
-    ``log_every`` steps the metrics are fetched from the device, checked by the
-    NaN/Inf guard, appended to ``out_dir/metrics.jsonl`` and shown on the tqdm bar.
-    Every ``eval_every`` steps (and at the end) ``trainer.eval_step`` runs on each of
-    ``eval_batches`` and the mean is logged with ``split="eval"``. Every
-    ``checkpoint_every`` steps (and at the end) the state is saved with
-    orbax-checkpoint under ``out_dir/checkpoints/<step>`` (written to a temporary
-    folder and renamed, so a kill never leaves a half checkpoint), and
-    ``train_metrics.csv`` / ``eval_metrics.csv`` are rewritten atomically.
-
-    Resume (``resume=True``): the latest checkpoint is checked against ``state``
-    (same leaves, shapes, dtypes) and ``config``, restored, and training continues
-    from its step; rows after that step are dropped from ``metrics.jsonl``. Because
-    ``data_fn`` is a pure function of the step and the dropout keys are
-    ``fold_in(rng, step)``, the final parameters are bit-identical to an
-    uninterrupted run on CPU. A corrupt or mismatched checkpoint raises
-    :class:`CheckpointError` before anything on disk is touched.
-
-    NaN/Inf guard: when the loss or the gradient norm of any step is not finite,
-    training stops with :class:`NonFiniteError` naming the step; no checkpoint is
-    written after it, so the last good checkpoint stays the latest.
-
-    Multi-process runs (after ``jax.distributed.initialize()``): start the same
-    call on every process with the same ``data_fn``, ``state`` and a shared
-    ``out_dir``. Every process runs every step (and the NaN guard, on the same
-    replicated metrics); only process 0 (``jax.process_index() == 0``) writes
-    ``metrics.jsonl`` and the CSVs and shows the progress bar; checkpoints are a
-    collective orbax save of the replicated ``jax.Array`` state, and on resume
-    every process restores it from the shared ``out_dir``. Every process returns
-    the same :class:`FitResult`.
-
-    Args:
-      trainer: from :func:`trainer` or :func:`truncated_bptt`.
-      state: the initial state (``trainer.init(params, key)``); on resume, the
-        template the checkpoint must match.
-      data_fn: ``data_fn(step) -> batch``, pure in ``step``.
-      num_steps: total optimiser steps of the run (not "more steps").
-      out_dir: where metrics and checkpoints go (None: nothing is written, no resume).
-      eval_batches: fixed evaluation batches (None: no evaluation).
-      eval_every: evaluation period in steps (0: only at the end).
-      checkpoint_every: checkpoint period in steps (0: only at the end).
-      log_every: metric fetch/log period in steps.
-      resume: continue from the latest checkpoint in ``out_dir`` if there is one.
-      config: a JSON-able dict stored with each checkpoint and compared on resume.
-      mesh: data-parallel mesh (axis ``"data"``); by default :func:`data_mesh` when
-        more than one device is present, else no sharding.
-      progress: show the tqdm bar (on process 0 only).
-      max_to_keep: checkpoints kept on disk.
-      description: the progress bar's label.
-
-    Returns:
-      :class:`FitResult` (final state, all metric rows).
-
-    Raises:
-      ValueError: bad arguments; ``out_dir`` holds checkpoints but ``resume=False``;
-        the batch size is not divisible by the device count.
-      CheckpointError: a corrupt or mismatched checkpoint on resume.
-      NonFiniteError: NaN/Inf loss or gradient norm.
-    """
-    from tqdm.auto import tqdm
-
-    if not isinstance(trainer, Trainer):
-        raise TypeError(f"trainer must be a seqjax.train.Trainer, got {type(trainer).__name__}")
-    if not isinstance(state, TrainState):
-        raise TypeError(f"state must be a TrainState (trainer.init(params, key)), got {type(state).__name__}")
-    for name, value, lo in (("num_steps", num_steps, 1), ("eval_every", eval_every, 0),
-                            ("checkpoint_every", checkpoint_every, 0), ("log_every", log_every, 1),
-                            ("max_to_keep", max_to_keep, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (where the checkpoints are)")
-    if mesh is None and jax.device_count() > 1:
-        mesh = data_mesh()
-    if mesh is not None and "data" not in mesh.axis_names:
-        raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
-
-    writer = jax.process_index() == 0     # the one process that writes metric files and progress
-    history: list[dict] = []
-    ckpt = None
-    metrics_path = None
-    if out_dir is not None:
-        out_dir = io.ensure_writable_dir(out_dir)
-        metrics_path = out_dir / "metrics.jsonl"
-        ckpt_dir = out_dir / "checkpoints"
-        has_ckpt = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-        if has_ckpt and not resume:
-            raise ValueError(f"out_dir {str(out_dir)!r} already holds checkpoints; pass resume=True "
-                             "(--resume) to continue that run, or choose another directory")
-        ckpt = _Checkpoints(ckpt_dir, max_to_keep)
-        latest = ckpt.latest() if resume else None
-        if latest is not None:
-            state = ckpt.restore(latest, state, None if config is None else dict(config), mesh)
-            history = _read_history(metrics_path, latest)
-            if writer:
-                io.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif writer and metrics_path.exists():
-            io.atomic_write_text(metrics_path, "")
-    meta_base = {"config": None if config is None else _jsonify(dict(config)),
-                 "signature": _signature(state)}
-
-    start = int(state.step)
-    if mesh is not None:
-        state = replicate(state, mesh)
-    train_step = jax.jit(trainer.train_step)
-    eval_step = jax.jit(trainer.eval_step)
-    pending: list[tuple[int, dict]] = []
-    last_ckpt = start if (resume and start > 0) else None
-    pbar = tqdm(total=num_steps, initial=start, disable=not (progress and writer), desc=description,
-                dynamic_ncols=True)
-
-    def place(batch):
-        return shard_batch(batch, mesh) if mesh is not None else batch
-
-    def append(rows: list[dict]) -> None:
-        history.extend(rows)
-        if writer and metrics_path is not None and rows:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
-
-    def flush() -> None:
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        rows = []
-        for (s, _), m in zip(pending, fetched):
-            row = {"step": s, "split": "train", **{k: float(v) for k, v in m.items()}}
-            rows.append(row)
-            bad = _finite_row(row)
-            if bad is not None:
-                append(rows)
-                pending.clear()
-                pbar.close()
-                kept = (f"the last good checkpoint (step {last_ckpt}) in {str(out_dir / 'checkpoints')!r} "
-                        "is kept" if last_ckpt is not None else "no checkpoint had been written yet")
-                raise NonFiniteError(f"{bad} became {row[bad]} at step {s}; training stopped and {kept}. "
-                                     "Lower the learning rate, clip gradients (clip_norm) or check the data.")
-        pending.clear()
-        append(rows)
-        pbar.set_postfix(loss=f"{rows[-1]['loss']:.4g}", refresh=False)
-
-    def evaluate(s: int) -> None:
-        if not eval_batches:
-            return
-        outs = jax.device_get([eval_step(state.params, place(b)) for b in eval_batches])
-        row = {"step": s, "split": "eval", **_mean_metrics([{k: float(v) for k, v in o.items()}
-                                                           for o in outs])}
-        append([row])
-        pbar.set_postfix(loss=f"{history[-2]['loss'] if len(history) > 1 else float('nan'):.4g}",
-                         eval_loss=f"{row['loss']:.4g}", refresh=False)
-
-    def checkpoint(s: int) -> None:
-        nonlocal last_ckpt
-        if ckpt is None:
-            return
-        if writer and metrics_path is not None and metrics_path.exists():
-            with open(metrics_path, "rb+") as f:
-                os.fsync(f.fileno())
-        ckpt.save(s, state, {**meta_base, "step": s})      # collective: every process calls it
-        if writer:
-            _write_csvs(out_dir, history)
-        last_ckpt = s
-
-    try:
-        for step in range(start, num_steps):
-            batch = place(data_fn(step))
-            state, metrics = train_step(state, batch)
-            s = step + 1
-            pending.append((s, metrics))
-            pbar.update(1)
-            at_end = s == num_steps
-            due_eval = at_end or (eval_every and s % eval_every == 0)
-            due_ckpt = at_end or (checkpoint_every and s % checkpoint_every == 0)
-            if s % log_every == 0 or due_eval or due_ckpt:
-                flush()
-            if due_eval:
-                evaluate(s)
-            if due_ckpt:
-                checkpoint(s)
-        if start >= num_steps and not any(r["split"] == "eval" and r["step"] == start for r in history):
-            evaluate(start)   # a finished run resumed: report its evaluation once
-    finally:
-        pbar.close()
-    if out_dir is not None and writer:
-        _write_csvs(out_dir, history)
-    return FitResult(state, history)

@@ -19,15 +19,15 @@ import pytest
 CHILD = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from seqjax import models, tasks, train
+    from seqjax import losses, models, tasks, train
 
     assert jax.device_count() == 4, jax.devices()
     model = models.sequence_model(models.SequenceModelConfig(
         cell="lstm", hidden_size=8, output_size=2, input_size=1, readout="all"))
 
     def loss_fn(params, batch, key):
-        logits = model.apply(params, batch.x, key=key)
-        return models.softmax_cross_entropy(logits, batch.y), {"accuracy": models.accuracy(logits, batch.y)}
+        logits = model.apply(params, batch.x, dropout_key=key)
+        return losses.cross_entropy(logits, batch.y), {"accuracy": losses.accuracy(logits, batch.y)}
 
     tr = train.trainer(loss_fn, train.make_optimizer("adam", 1e-2), clip_norm=1.0)
     state = tr.init(model.init(jax.random.key(0)), jax.random.key(1))
@@ -47,10 +47,10 @@ CHILD = textwrap.dedent("""
         error = str(err)
     print(json.dumps({
         "param_diff": diff(single.state.params, parallel.state.params),
-        "single_devices": len(single.state.params["head"]["w"].sharding.device_set),
+        "single_devices": len(single.state.params["head"]["kernel"].sharding.device_set),
         "loss_single": [r["loss"] for r in single.history],
         "loss_parallel": [r["loss"] for r in parallel.history],
-        "param_devices": len(parallel.state.params["head"]["w"].sharding.device_set),
+        "param_devices": len(parallel.state.params["head"]["kernel"].sharding.device_set),
         "shard_shapes": sorted({tuple(s.data.shape) for s in sharded.x.addressable_shards}),
         "num_shards": len(sharded.x.addressable_shards),
         "error": error,
@@ -88,14 +88,14 @@ MULTI = textwrap.dedent("""
         jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[3], num_processes=2,
                                    process_id=int(sys.argv[2]), initialization_timeout=60)
     import numpy as np
-    from seqjax import models, tasks, train
+    from seqjax import losses, models, tasks, train
 
     model = models.sequence_model(models.SequenceModelConfig(
         cell="gru", hidden_size=8, output_size=2, input_size=1, readout="all"))
 
     def loss_fn(params, batch, key):
-        logits = model.apply(params, batch.x, key=key)
-        return models.softmax_cross_entropy(logits, batch.y), {"accuracy": models.accuracy(logits, batch.y)}
+        logits = model.apply(params, batch.x, dropout_key=key)
+        return losses.cross_entropy(logits, batch.y), {"accuracy": losses.accuracy(logits, batch.y)}
 
     tr = train.trainer(loss_fn, train.make_optimizer("adam", 1e-2), clip_norm=1.0)
     state = tr.init(model.init(jax.random.key(0)), jax.random.key(1))

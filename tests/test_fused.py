@@ -1,6 +1,7 @@
 """``recurrent.layer(..., fused_backward=True)``: the hand-written backward pass equals
 autodiff of the scan (outputs, final states, gradients w.r.t. params, x and the
-initial carry), keeps the padding semantics, matches PyTorch's gradients, and
+initial carry) for every cell of the registry, keeps the padding semantics, matches
+PyTorch's gradients, takes its per-cell pieces from the cell (not its name), and
 refuses what it cannot do."""
 
 import functools
@@ -14,7 +15,7 @@ from seqjax import _fused, cells, interop, recurrent
 
 H, E, B, T = 4, 3, 4, 6
 LENGTHS = np.array([6, 1, 3, 5])            # unsorted, with a length-1 sequence
-CELL_NAMES = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_linear")
+CELL_NAMES = cells.CELL_NAMES               # every cell of the one registry
 CONFIGS = {"1 layer": dict(num_layers=1, bidirectional=False),
            "2 layers bidi": dict(num_layers=2, bidirectional=True)}
 
@@ -112,14 +113,27 @@ def test_no_bias_and_config():
 
 
 def test_unsupported_cell_and_bad_flag_raise():
-    custom = cells.lstm(H)._replace(name="peephole_lstm")
-    with pytest.raises(ValueError, match=r"fused_backward=True supports the cells .*'lstm'.*peephole_lstm"):
+    custom = cells.lstm(H)._replace(name="peephole_lstm", pointwise_backward=None)
+    with pytest.raises(ValueError, match=r"fused_backward=True needs a cell with a hand-written backward.*"
+                                         r"'peephole_lstm' has none"):
         recurrent.layer(custom, fused_backward=True)
     recurrent.layer(custom)                              # fine without the flag
     with pytest.raises(TypeError, match="fused_backward must be a bool"):
         recurrent.layer(cells.gru(H), fused_backward="yes")
-    with pytest.raises(ValueError, match="kind must be one of"):
-        _fused.fused_unroll("peephole_lstm", {}, jnp.zeros((B, H)), jnp.zeros((B, T, E)))
+    with pytest.raises(ValueError, match="'peephole_lstm' has pointwise_backward=None"):
+        _fused.fused_unroll(custom, {}, cells.lstm(H).initial_carry((B,)), jnp.zeros((B, T, E)))
+    assert all(_fused.supports(cells.make(name, H)) for name in CELL_NAMES)
+
+
+def test_the_cell_not_its_name_decides():
+    """A renamed cell runs the fused path with its own equations (no table keyed by name)."""
+    renamed = cells.gru(H)._replace(name="my_gru")
+    ref, fused = (recurrent.layer(renamed, bidirectional=True, fused_backward=f) for f in (False, True))
+    params, x, carry0, weights = _inputs(fused, 5)
+    grad = lambda layer: jax.grad(lambda *a: _loss_fn(layer, jnp.asarray(LENGTHS))(*a)[0],  # noqa: E731
+                                  argnums=(0, 1, 2))
+    want, got = jax.jit(lambda *a: (grad(ref)(*a), grad(fused)(*a)))(params, x, carry0, weights)
+    _close(got, want)
 
 
 def test_forward_mode_is_refused_loudly():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import cells, recurrent
+from seqjax import cells, layers, recurrent
 
 H, E, B, T = 5, 3, 4, 6
 CELLS = {
@@ -223,19 +223,112 @@ def test_float64(x64):
 
 
 def test_dropout_between_layers():
+    """One convention: ``dropout_key=None`` (the default) is deterministic, a key switches dropout on."""
     layer = recurrent.layer(cells.lstm(H), num_layers=2, dropout=0.5)
     params = layer.init(jax.random.key(0), E)
     x = _inputs()
     plain = recurrent.layer(cells.lstm(H), num_layers=2).apply(params, x)
-    _close(layer.apply(params, x, deterministic=True), plain)
+    _close(layer.apply(params, x), plain)
+    _close(layer.apply(params, x, dropout_key=None), plain)
     a = layer.apply(params, x, dropout_key=jax.random.key(1))
     b = layer.apply(params, x, dropout_key=jax.random.key(2))
     assert not np.allclose(a[0], plain[0]) and not np.allclose(a[0], b[0])
     _close(layer.apply(params, x, dropout_key=jax.random.key(1)), a)      # same key, same mask
     # dropout never touches the first layer's states (it acts between layers)
     _close(a[1].h[0], plain[1].h[0])
-    with pytest.raises(ValueError, match="dropout_key"):
-        layer.apply(params, x)
+    # it is layers.dropout with the key folded with the layer index
+    h0 = recurrent.layer(cells.lstm(H)).apply({"layers": params["layers"][:1]}, x)[0]
+    top = recurrent.layer(cells.lstm(H)).apply(
+        {"layers": [{"forward": params["layers"][1]["forward"]}]},
+        layers.dropout(h0, 0.5, jax.random.fold_in(jax.random.key(1), 0)))
+    _close(a[0], top[0])
+    with pytest.raises(TypeError, match="dropout_key must be a jax PRNG key"):
+        layer.apply(params, x, dropout_key=1)
+
+
+# ----------------------------------------------------------------------------- perturbation hook
+
+
+def _perturbed_reference(layer, params, x, eps, lengths):
+    """apply(..., perturbations=eps) as a Python loop: each (layer, direction) adds eps[:, t]
+    to its carry after valid step t; padded steps keep the carry and output zero."""
+    cfg = layer.config
+    cell, h = cfg.cell, x
+    finals = []
+    for k in range(cfg.num_layers):
+        outs = []
+        for d in cfg.directions:
+            carry = cell.initial_carry((x.shape[0],))
+            ys = [None] * T
+            for t in (range(T) if d == "forward" else reversed(range(T))):
+                new, _ = cell.step(params["layers"][k][d], carry, h[:, t])
+                new = jax.tree.map(lambda a, e: a + e[:, t], new, eps[k][d])
+                valid = (t < lengths)[:, None]
+                carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, carry)
+                ys[t] = jnp.where(valid, cell.output(carry), 0.0)
+            finals.append(carry)
+            outs.append(jnp.stack(ys, axis=1))
+        h = jnp.concatenate(outs, axis=-1)
+    return h, jax.tree.map(lambda *a: jnp.stack(a), *finals)
+
+
+def _perturbations(layer, seed, scale=1.0):
+    one = layer.config.cell.initial_carry((B, T))
+    return [{d: jax.tree.map(lambda a, i=i: scale * _inputs(seed + i, a.shape), one)
+             for i, d in enumerate(layer.config.directions)} for _ in range(layer.config.num_layers)]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["autodiff", "fused"])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_perturbations_add_to_every_carry(name, fused):
+    layer = recurrent.layer(CELLS[name], num_layers=2, bidirectional=True, fused_backward=fused)
+    params = layer.init(jax.random.key(0), E)
+    x, lengths = _inputs(), jnp.asarray(LENGTHS)
+    zeros = _perturbations(layer, 0, scale=0.0)
+    _close(layer.apply(params, x, lengths=lengths, perturbations=zeros), layer.apply(params, x, lengths=lengths))
+    eps = _perturbations(layer, 20, scale=0.1)
+    _close(layer.apply(params, x, lengths=lengths, perturbations=eps),
+           _perturbed_reference(layer, params, x, eps, lengths))
+
+
+def test_perturbation_gradients_with_fused_backward_equal_autodiff():
+    """With perturbations the fused layer runs the plain unroll; its gradients are autodiff's."""
+    ref, fused = (recurrent.layer(CELLS["lstm"], num_layers=2, bidirectional=True, fused_backward=f)
+                  for f in (False, True))
+    params = ref.init(jax.random.key(0), E)
+    eps = _perturbations(ref, 0, scale=0.0)
+
+    def grads(layer):
+        loss = lambda p, e: jnp.sum(jnp.sin(layer.apply(p, _inputs(), lengths=jnp.asarray(LENGTHS),  # noqa: E731
+                                                          perturbations=e)[0]))
+        return jax.grad(loss, argnums=(0, 1))(params, eps)
+    want, got = grads(ref), grads(fused)
+    _close(got, want)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(want[1]))
+
+
+def test_bad_perturbations():
+    layer = recurrent.layer(CELLS["lstm"], num_layers=2, bidirectional=True)
+    params = layer.init(jax.random.key(0), E)
+    good = _perturbations(layer, 0, scale=0.0)
+    with pytest.raises(ValueError, match="perturbations must have the structure"):
+        layer.apply(params, _inputs(), perturbations=[{"forward": good[0]["forward"]}] * 2)
+    with pytest.raises(ValueError, match=r"perturbations must have the structure"):
+        layer.apply(params, _inputs(), perturbations=good[:1])
+    bad_shape = [{d: jax.tree.map(lambda a: a[:, :-1], p) for d, p in g.items()} for g in good]
+    with pytest.raises(ValueError, match=r"perturbations leaves must have shape \(B, T, H\) = \(4, 6, 5\)"):
+        layer.apply(params, _inputs(), perturbations=bad_shape)
+    bad_dtype = jax.tree.map(lambda a: a.astype(jnp.bfloat16), good)
+    with pytest.raises(TypeError, match="perturbations must have dtype float32"):
+        layer.apply(params, _inputs(), perturbations=bad_dtype)
+
+
+def test_perturbed_step_is_cached_per_cell_and_is_the_step_at_zero():
+    cell = CELLS["gru"]
+    assert recurrent.perturbed_step(cell) is recurrent.perturbed_step(cell)
+    params = cell.init(jax.random.key(0), E)
+    carry, x = _inputs(1, (B, H)), _inputs(2, (B, E))
+    _close(recurrent.perturbed_step(cell)(params, carry, (x, jnp.zeros((B, H)))), cell.step(params, carry, x))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -271,13 +364,15 @@ def test_lengths_shape_is_checked_under_jit():
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: cells.simple_rnn(4, "sigmoid"), ValueError, "activation must be one of"),
+    (lambda: cells.simple_rnn(4, "softplus"), ValueError, "activation must be one of"),
     (lambda: cells.make("lstmm", 4), ValueError, "cell name must be one of"),
     (lambda: cells.lstm(0), ValueError, "hidden_size must be >= 1"),
     (lambda: cells.gru(2.5), TypeError, "hidden_size must be an int"),
-    (lambda: recurrent.layer(cells.gru(4), num_layers=0), ValueError, "num_layers must be an int >= 1"),
+    (lambda: recurrent.layer(cells.gru(4), num_layers=0), ValueError, "num_layers must be >= 1"),
+    (lambda: recurrent.layer(cells.gru(4), num_layers=2.0), TypeError, "num_layers must be an int >= 1"),
     (lambda: recurrent.layer(cells.gru(4), dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
-    (lambda: recurrent.layer(cells.gru(4), dropout=-0.1), ValueError, r"dropout must be in \[0, 1\)"),
+    (lambda: recurrent.layer(cells.gru(4), dropout=-0.1), ValueError, r"dropout must be a finite number >= 0"),
+    (lambda: recurrent.layer(cells.gru(4), bidirectional="yes"), TypeError, "bidirectional must be a bool"),
     (lambda: recurrent.layer("gru"), TypeError, "cell must be a seqjax.cells.Cell"),
     (lambda: cells.gru(4).init(jax.random.key(0), 0), ValueError, "input_size must be >= 1"),
     (lambda: cells.gru(4).init(jax.random.key(0), 3, jnp.int32), TypeError, "dtype must be a floating"),
