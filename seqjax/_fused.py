@@ -177,5 +177,10 @@ def fused_unroll(cell: Cell, params: Params, carry: Carry, xs: Array, *,
         raise ValueError(f"the fused backward needs a cell with pointwise and pointwise_backward; "
                          f"the cell {cell.name!r} has pointwise_backward=None")
     x_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    if lengths is not None:
+        # Zero the padded inputs outside the custom VJP: its weight gradients multiply
+        # every row of x (X^T dXP), and 0 * NaN from a NaN in the padding is NaN.
+        valid = jnp.arange(x_tm.shape[0])[:, None] < lengths[None, :]         # (T, B)
+        x_tm = jnp.where(valid[..., None], x_tm, jnp.zeros_like(x_tm))
     final, ys = _run(cell, params, carry, x_tm, lengths, bool(reverse))
     return final, (ys if time_major else jnp.swapaxes(ys, 0, 1))

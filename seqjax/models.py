@@ -15,6 +15,9 @@ of pure functions:
   model (embedding, recurrent layer, softmax over V) whose carry can be threaded
   across calls. It offers the decode protocol of :mod:`seqjax.decoding`, so
   ``decoding.sample`` / ``greedy_decode`` / ``beam_search`` generate text with it.
+* :func:`conditioned_decoder` (:class:`ConditionedDecoderConfig`): one-to-many, a
+  recurrent decoder whose initial state is a function of a feature vector (the
+  image-captioning setting); it also offers the decode protocol.
 
 Cells come from the one registry, :func:`seqjax.cells.make` (any of
 :data:`seqjax.cells.CELL_NAMES`); ``forget_bias`` and ``irnn_input_std`` are passed to
@@ -43,7 +46,8 @@ from seqjax.types import Array, Carry, Params, PRNGKey
 
 __all__ = ["SequenceModelConfig", "SequenceModel", "sequence_model",
            "TransformerSequenceConfig", "transformer_sequence_model", "RecurrentLMConfig",
-           "RecurrentLM", "recurrent_lm"]
+           "RecurrentLM", "recurrent_lm", "ConditionedDecoderConfig", "ConditionedDecoder",
+           "ConditionedDecoderState", "conditioned_decoder"]
 
 READOUTS = ("last", "all")
 
@@ -250,6 +254,8 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
         if lengths is not None:
             lengths = checks.check_lengths(lengths, B, T)
             mask = attention.combine_masks(mask, attention.padding_mask(lengths, T))
+            # zero padded inputs: a NaN there times its zero attention weight would still be NaN
+            h = jnp.where((jnp.arange(T)[None, :] < lengths[:, None])[..., None], h, jnp.zeros_like(h))
         h = stack.apply(params["encoder"], h, mask=mask, dropout_key=dropout_key)  # (B, T, D)
         if config.readout == "last":
             last = jnp.full((B,), T - 1) if lengths is None else lengths - 1
@@ -352,3 +358,164 @@ def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
         return logits[:, 0], to_state(carry)
 
     return RecurrentLM(init, apply, rnn.initial_carry, start, decode_step, config)
+
+
+# ----------------------------------------------------------------------------- one-to-many
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionedDecoderConfig:
+    """Hyperparameters of :func:`conditioned_decoder`.
+
+    Attributes:
+      feature_size: E, the width of the conditioning feature vector.
+      vocab_size: V of the generated tokens.
+      cell: a name of :func:`seqjax.cells.make`.
+      hidden_size: H.
+      embed_size: width of the token embedding fed to the decoder.
+      num_layers: L stacked recurrent layers (each gets its own initial state).
+      dropout: rate on the embedded inputs and between layers (active when ``apply``
+        gets a ``dropout_key``).
+      forget_bias: LSTM forget-gate bias at init (None: the cell's default).
+    """
+
+    feature_size: int
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 64
+    embed_size: int = 16
+    num_layers: int = 1
+    dropout: float = 0.0
+    forget_bias: float | None = None
+
+    def __post_init__(self):
+        checks.check_choice(self.cell, "ConditionedDecoderConfig.cell", cells.CELL_NAMES)
+        _check_ints(self, "feature_size", "vocab_size", "hidden_size", "embed_size", "num_layers")
+        checks.check_rate(self.dropout, "ConditionedDecoderConfig.dropout")
+        _cell(self)
+
+
+class ConditionedDecoderState(NamedTuple):
+    """What decoding carries: ``carry``, the cell carry with batch-major leaves (B, L, H)
+    (an ``LSTMState`` of two such arrays for the LSTM), as the decode protocol asks."""
+
+    carry: Carry
+
+
+class ConditionedDecoder(NamedTuple):
+    r"""A one-to-many recurrent decoder conditioned on a feature vector.
+
+    Each layer k's initial carry is a function of the features f (B, E): every carry
+    component (h, and c for the LSTM) is :math:`\tanh(W^{(k)} f + b^{(k)})`. Then, as
+    in any recurrent language model,
+
+    .. math::
+        h_s = \mathrm{cell}(h_{s-1}, \mathrm{embed}(y_{s-1})),\qquad
+        p(y_s \mid y_{<s}, f) = \mathrm{softmax}(W_o h_s + b_o),\qquad y_0 = \mathrm{SOS}.
+
+    This is the image-captioning setting. Vinyals et al. 2015 ("Show and tell: a
+    neural image caption generator") give the image embedding to the LSTM as its first
+    input; here it sets the initial state instead, so the first fed token is SOS.
+
+    Params::
+
+        {"condition": [{"kernel": (E, L*H), "bias": (L*H,)} per carry component],
+         "embed": {"embedding": (V, embed_size)},
+         "rnn": recurrent.layer params,
+         "head": {"kernel": (H, V), "bias": (V,)}}
+
+    Attributes:
+      init: ``init(key) -> params``.
+      initial_carry: ``initial_carry(params, features) -> carry`` in the recurrent
+        layer's (L, B, H) layout, for features (B, E).
+      apply: ``apply(params, features, tgt_in, *, dropout_key=None) -> logits (B, S, V)``:
+        teacher forcing, step s reads ``tgt_in[:, s]`` (``tgt_in[:, 0]`` is SOS).
+      start: the decode protocol (:mod:`seqjax.decoding`): ``start(params, features,
+        max_len, *, sos_id, src_lengths=None) -> (logits (B, V), state)`` builds the
+        initial state and feeds ``sos_id``; ``src_lengths`` must be None (the features
+        have no length).
+      decode_step: ``decode_step(params, state, tokens (B,)) -> (logits (B, V), state)``.
+      config: the :class:`ConditionedDecoderConfig`.
+    """
+
+    init: Callable[[PRNGKey], Params]
+    initial_carry: Callable[[Params, Array], Carry]
+    apply: Callable[..., Array]
+    start: Callable[..., tuple[Array, ConditionedDecoderState]]
+    decode_step: Callable[..., tuple[Array, ConditionedDecoderState]]
+    config: ConditionedDecoderConfig
+
+    @property
+    def vocab_size(self) -> int:
+        """V: the decode protocol's vocabulary."""
+        return self.config.vocab_size
+
+
+def conditioned_decoder(config: ConditionedDecoderConfig) -> ConditionedDecoder:
+    """Features -> initial state; embedding -> recurrent layer -> linear head. See :class:`ConditionedDecoder`."""
+    if not isinstance(config, ConditionedDecoderConfig):
+        raise TypeError(f"config must be a ConditionedDecoderConfig, got {type(config).__name__}")
+    cell = _cell(config)
+    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+    E, V, H, L = config.feature_size, config.vocab_size, config.hidden_size, config.num_layers
+    treedef = jax.tree.structure(cell.initial_carry((1,)))
+
+    def init(key: PRNGKey) -> Params:
+        k_c, k_e, k_r, k_h = jax.random.split(checks.check_key(key), 4)
+        return {"condition": [layers.dense_init(k, E, L * H, init="torch")
+                              for k in jax.random.split(k_c, treedef.num_leaves)],
+                "embed": layers.embedding_init(k_e, V, config.embed_size),
+                "rnn": rnn.init(k_r, config.embed_size),
+                "head": layers.dense_init(k_h, H, V, init="torch")}
+
+    def _check_features(features) -> Array:
+        checks.check_array(features, "features", 2, f"(B, E={E})")
+        if features.shape[-1] != E:
+            raise ValueError(f"features must have shape (B, E={E}), got {tuple(features.shape)}")
+        return features
+
+    def initial_carry(params: Params, features: Array) -> Carry:
+        B = _check_features(features).shape[0]
+        leaves = [jnp.tanh(layers.dense(p, features)).reshape(B, L, H).swapaxes(0, 1)   # (L, B, H)
+                  for p in params["condition"]]
+        return jax.tree.unflatten(treedef, leaves)
+
+    def _run(params, carry, tokens, dropout_key):
+        x = layers.dropout(layers.embed(params["embed"], tokens), config.dropout,
+                           layers.sub_key(dropout_key, 0))                 # (B, S, embed_size)
+        ys, carry = rnn.apply(params["rnn"], x, initial_carry=carry,
+                              dropout_key=layers.sub_key(dropout_key, 1))  # (B, S, H)
+        return layers.dense(params["head"], ys), carry                     # (B, S, V)
+
+    def apply(params: Params, features: Array, tgt_in: Array, *,
+              dropout_key: PRNGKey | None = None) -> Array:
+        tgt_in = checks.check_tokens(tgt_in, V, "tgt_in")
+        carry = initial_carry(params, features)
+        if tgt_in.shape[0] != features.shape[0]:
+            raise ValueError(f"tgt_in has batch {tgt_in.shape[0]} but features has {features.shape[0]}")
+        if tgt_in.shape[1] < 1:
+            raise ValueError(f"tgt_in must hold at least one token, got shape {tuple(tgt_in.shape)}")
+        return _run(params, carry, tgt_in, dropout_key)[0]
+
+    # The decode state holds the carry with the batch axis first, as the protocol asks.
+    swap = lambda carry: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), carry)  # noqa: E731
+
+    def decode_step(params: Params, state: ConditionedDecoderState,
+                    tokens: Array) -> tuple[Array, ConditionedDecoderState]:
+        tokens = checks.check_tokens(tokens, V, "tokens", (1,))
+        logits, carry = _run(params, swap(state.carry), tokens[:, None], None)
+        return logits[:, 0], ConditionedDecoderState(swap(carry))
+
+    def start(params: Params, features: Array, max_len: int, *, sos_id: int | None = None,
+              src_lengths: Array | None = None) -> tuple[Array, ConditionedDecoderState]:
+        if sos_id is None:
+            raise ValueError("sos_id is required to decode with a conditioned decoder")
+        if src_lengths is not None:
+            raise ValueError("a conditioned decoder takes no src_lengths: its input is one feature "
+                             "vector per sequence, features (B, E)")
+        checks.check_token_id(sos_id, "sos_id", V)
+        checks.check_int(max_len, "max_len")
+        state = ConditionedDecoderState(swap(initial_carry(params, features)))
+        return decode_step(params, state, jnp.full((features.shape[0],), sos_id, jnp.int32))
+
+    return ConditionedDecoder(init, initial_carry, apply, start, decode_step, config)

@@ -64,13 +64,19 @@ def _masked(step: StepFn, lengths: Array | None) -> Callable:
     At a padded step the carry is passed through unchanged and the output is zero,
     through ``jnp.where`` (a select), so padded inputs receive exactly zero
     gradient from valid outputs and the final carry is the last valid state.
+
+    The padded input is also replaced by zeros *before* the step (the "double
+    where"): otherwise a NaN or Inf in the padding makes the discarded step's
+    partial derivatives NaN, and the zero cotangent the select sends back times
+    NaN is NaN, which would reach every parameter's gradient.
     """
     def body(params, carry, t_x):
         t, x = t_x
-        new_carry, y = step(params, carry, x)
         if lengths is None:
-            return new_carry, y
+            return step(params, carry, x)
         valid = t < lengths                                        # (*batch,)
+        x = jax.tree.map(lambda a: jnp.where(_time_mask(valid, a), a, jnp.zeros_like(a)), x)
+        new_carry, y = step(params, carry, x)
         new_carry = jax.tree.map(lambda n, o: jnp.where(_time_mask(valid, n), n, o),
                                  new_carry, carry)
         y = jax.tree.map(lambda a: jnp.where(_time_mask(valid, a), a, jnp.zeros_like(a)), y)
@@ -93,6 +99,23 @@ def _num_steps(xs, time_major: bool) -> int:
     return leaves[0].shape[axis]
 
 
+def _check_unroll(carry, xs, lengths, time_major: bool):
+    """T from xs; the carry's and lengths' batch size B against xs's; lengths by the one rule."""
+    T = _num_steps(xs, time_major)
+    B = jax.tree.leaves(xs)[0].shape[1 if time_major else 0]
+    for leaf in jax.tree.leaves(xs):
+        if leaf.shape[1 if time_major else 0] != B:
+            raise ValueError(f"every leaf of xs must have the same batch size; got shapes "
+                             f"{[tuple(a.shape) for a in jax.tree.leaves(xs)]}")
+    for leaf in jax.tree.leaves(carry):
+        if getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] != B:
+            raise ValueError(f"the carry's leaves must have batch size B={B} (the batch of xs), "
+                             f"got a leaf of shape {tuple(leaf.shape)}")
+    if lengths is not None:
+        lengths = checks.check_lengths(lengths, B, T)
+    return T, lengths
+
+
 def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
            lengths: Array | None = None, reverse: bool = False, time_major: bool = False,
            unroll: int = 1) -> tuple[Carry, Any]:
@@ -108,8 +131,10 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
       carry: the initial carry, leaves (B, ...) (any batch shape).
       xs: a pytree of arrays with the time axis at 1 (batch-major, (B, T, ...)) or,
         with ``time_major=True``, at 0 ((T, B, ...)).
-      lengths: optional (B,) ints: steps t >= lengths[b] are padding. Their outputs
-        are zero and they leave the carry unchanged.
+      lengths: optional (B,) ints in [1, T] (:func:`seqjax.checks.check_lengths`; values
+        checked when concrete): steps t >= lengths[b] are padding. Their outputs are
+        zero, they leave the carry unchanged, and their inputs are never read (a NaN
+        there cannot reach any output or gradient).
       reverse: run from the last step to the first (outputs stay in input order).
         With ``lengths``, the reverse pass starts at each sequence's last valid step.
       time_major: the layout of ``xs`` and of the returned outputs.
@@ -119,7 +144,7 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
       ``(final_carry, ys)``: the carry after the last (valid) step and the stacked
       per-step outputs in the layout of ``xs``.
     """
-    _num_steps(xs, time_major)
+    _, lengths = _check_unroll(carry, xs, lengths, time_major)
     carry, ys = _scan(step, params, carry, _to_time_major(xs, time_major), lengths, reverse, unroll)
     return carry, _to_time_major(ys, time_major)
 
@@ -139,7 +164,7 @@ def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
                   lengths: Array | None = None, reverse: bool = False,
                   time_major: bool = False) -> tuple[Carry, Any]:
     """:func:`unroll` as a Python loop over time: the reference the tests compare to."""
-    T = _num_steps(xs, time_major)
+    T, lengths = _check_unroll(carry, xs, lengths, time_major)
     body = _masked(step, lengths)
     xs_tm = _to_time_major(xs, time_major)
     ys = [None] * T
