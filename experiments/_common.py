@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from seqjax import io
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +73,71 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
     values.update(preset(args) if preset is not None else {})
     values.update(given)
     return values, args
+
+
+def _bad_number(name: str, value, zero_ok: bool, rate: bool) -> str | None:
+    """Why ``value`` is not acceptable for the field ``name`` (None if it is)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if rate and not 0 <= value < 1:
+        return f"must be in [0, 1), got {value}"
+    if zero_ok and value < 0:
+        return f"must be >= 0, got {value}"
+    if not zero_ok and value <= 0:
+        return f"must be {'>= 1' if isinstance(value, int) else '> 0'}, got {value}"
+    return None
+
+
+def config(parser: argparse.ArgumentParser, config_cls, values: Mapping[str, Any], *,
+           zero_ok: Sequence[str] = ("seed",), rates: Sequence[str] = ()):
+    """``config_cls(**values)``, refusing bad values before anything is computed or written.
+
+    The rule for every numeric field (and each number in a tuple field): finite; ints
+    >= 1 and floats > 0, or >= 0 for the fields in ``zero_ok``, or in [0, 1) for the
+    fields in ``rates``. Then the config's own checks run. Any failure is a command-line
+    error naming the flag (``parser.error``: a usage message and exit status 2), so a
+    flag a user sets either takes effect or is refused.
+    """
+    for name, value in values.items():
+        for item in (value if isinstance(value, tuple) else (value,)):
+            why = _bad_number(name, item, name in zero_ok, name in rates)
+            if why is not None:
+                parser.error(f"--{name.replace('_', '-')} {why}")
+    try:
+        cfg = config_cls(**values)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    for f in dataclasses.fields(cfg):          # defaults and presets obey the same rule
+        value = getattr(cfg, f.name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            why = _bad_number(f.name, item, f.name in zero_ok, f.name in rates)
+            if why is not None:
+                parser.error(f"--{f.name.replace('_', '-')} {why}")
+    return cfg
+
+
+def begin(out: Path, config_json: Mapping[str, Any], *, resume: bool) -> Path:
+    """Prepare ``out`` for a run that checkpoints, before any compute, changing nothing on refusal.
+
+    Refuses (ValueError) a run whose ``out`` already holds checkpoints unless ``resume``,
+    and a resume whose saved ``config.json`` differs from ``config_json``; only then
+    writes ``config.json``. So a refused invocation leaves every file as it was.
+    """
+    out = io.ensure_writable_dir(out)
+    has_ckpt = any(p.is_dir() and p.name.isdigit() for c in out.rglob("checkpoints") for p in c.iterdir())
+    if has_ckpt and not resume:
+        raise ValueError(f"{str(out)!r} already holds checkpoints of a run; pass --resume to continue it, "
+                         "or choose another --out")
+    saved = out / "config.json"
+    new = json.loads(json.dumps(config_json, sort_keys=True, default=io.to_jsonable))
+    if resume and saved.exists():
+        old = io.load_json(saved)
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if keys:
+            raise ValueError(f"--resume with a different config than the run in {str(out)!r} "
+                             f"(differs in {keys}: { {k: (old.get(k), new.get(k)) for k in keys[:5]} }); "
+                             "nothing was changed")
+    io.save_json(saved, new)
+    return out

@@ -173,10 +173,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--no-progress", action="store_true")
     values, args = _common.parse(parser, argv, quick=QUICK, preset=lambda a: HELLO if a.corpus == "hello" else {})
-    cfg = Config(**values)
-    out_dir = io.ensure_writable_dir(args.out)
+    cfg = _common.config(parser, Config, values, zero_ok=("seed", "temperatures"))
     load_corpus(cfg)   # fail on a missing / empty / mis-encoded file before any compute
-    io.save_json(out_dir / "config.json", dataclasses.asdict(cfg))
+    out_dir = _common.begin(args.out, dataclasses.asdict(cfg), resume=args.resume)
     res = run(cfg, out_dir, args.resume, not args.no_progress)
     io.save_csv(out_dir / "learning_curve.csv", res.pop("curve"))
     io.save_json(out_dir / "results.json", res)

@@ -78,8 +78,9 @@ def run(cfg: Config, clip_norm: float | None, key):
 
 
 def main(argv=None) -> Path:
-    values, args = _common.parse(_common.parser(Config, __doc__, "clipping"), argv, quick=QUICK)
-    cfg = Config(**values)
+    parser = _common.parser(Config, __doc__, "clipping")
+    values, args = _common.parse(parser, argv, quick=QUICK)
+    cfg = _common.config(parser, Config, values, rates=("momentum",))
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     keys = jax.random.split(jax.random.key(0), cfg.seeds)

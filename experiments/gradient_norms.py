@@ -182,7 +182,7 @@ def far_to_near(runs: np.ndarray) -> float:
 def main(argv=None) -> Path:
     parser = _common.parser(Config, __doc__, "gradient_norms")
     values, args = _common.parse(parser, argv, quick=QUICK)
-    cfg = Config(**values)                                          # unknown names fail here
+    cfg = _common.config(parser, Config, values)                    # bad values and names fail here
     out = io.ensure_writable_dir(args.out)                          # before any compute
     start = time.perf_counter()
     eval_batch = sample(cfg, jax.random.key(12345), cfg.eval_batch_size)

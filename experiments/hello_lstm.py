@@ -7,7 +7,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from seqjax import cells, layers, losses, recurrent, train
+from seqjax import cells, checks, layers, losses, recurrent, train
 
 VOCAB = "helo"
 INPUTS, TARGETS = "hell", "ello"
@@ -20,6 +20,13 @@ def main(argv=None) -> str:
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:                                                            # a flag takes effect or is refused
+        checks.check_int(args.hidden_size, "--hidden-size")
+        checks.check_int(args.steps, "--steps")
+        checks.check_int(args.seed, "--seed", minimum=0)
+        checks.check_float(args.learning_rate, "--learning-rate", minimum=0.0, strict_minimum=True)
+    except ValueError as err:
+        parser.error(str(err))
 
     encode = lambda s: jnp.array([VOCAB.index(ch) for ch in s])  # noqa: E731
     batch = (jax.nn.one_hot(encode(INPUTS), len(VOCAB))[None],    # x (B=1, T=4, E=4)

@@ -78,8 +78,9 @@ def layer_grad_norms(cfg: Config, variant: str, key) -> dict[str, jax.Array]:
 
 
 def main(argv=None) -> Path:
-    values, args = _common.parse(_common.parser(Config, __doc__, "layernorm_placement"), argv, quick=QUICK)
-    cfg = Config(**values)
+    parser = _common.parser(Config, __doc__, "layernorm_placement")
+    values, args = _common.parse(parser, argv, quick=QUICK)
+    cfg = _common.config(parser, Config, values)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     keys = jax.random.split(jax.random.key(0), cfg.seeds)

@@ -196,10 +196,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     parser.add_argument("--no-progress", action="store_true")
     values, args = _common.parse(parser, argv, quick=QUICK)
-    cfg = Config(**values)
-    out_dir = io.ensure_writable_dir(args.out)
-    io.save_json(out_dir / "config.json", {**dataclasses.asdict(cfg), "devices": jax.device_count(),
-                                           "backend": jax.default_backend()})
+    cfg = _common.config(parser, Config, values)
+    out_dir = _common.begin(args.out, {**dataclasses.asdict(cfg), "devices": jax.device_count(),
+                                       "backend": jax.default_backend()}, resume=args.resume)
     rows = []
     pairs = cfg.pairs or tuple((t, m) for t in cfg.tasks for m in cfg.models)
     for task, arch in pairs:

@@ -73,8 +73,9 @@ def initial_state_gradient_norm(cfg: Config, activation: str, sigma, key):
 
 
 def main(argv=None) -> Path:
-    values, args = _common.parse(_common.parser(Config, __doc__, "spectral_sweep"), argv, quick=QUICK)
-    cfg = Config(**values)
+    parser = _common.parser(Config, __doc__, "spectral_sweep")
+    values, args = _common.parse(parser, argv, quick=QUICK)
+    cfg = _common.config(parser, Config, values)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     sigma = np.linspace(cfg.sigma_min, cfg.sigma_max, cfg.num_sigma)

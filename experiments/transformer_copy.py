@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
     parser = _common.parser(Config, __doc__, "transformer_copy")
     parser.add_argument("--no-progress", action="store_true")
     values, args = _common.parse(parser, argv, quick=QUICK)
-    cfg = Config(**values)
+    cfg = _common.config(parser, Config, values, zero_ok=("seed", "warmup", "length_penalty"),
+                         rates=("dropout", "label_smoothing"))
     out_dir = io.ensure_writable_dir(args.out)                                # before any compute
     io.save_json(out_dir / "config.json", {"experiment": dataclasses.asdict(cfg),
                                            "model": dataclasses.asdict(cfg.model_config())})
