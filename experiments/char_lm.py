@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -135,12 +134,11 @@ def run(cfg: Config, out_dir: Path, resume: bool, progress: bool) -> dict:
     data_fn = lambda s: tasks.lm_windows(jax.random.fold_in(k_data, s), corpus.train, cfg.batch_size, seq_len)  # noqa: E731
     evals = [tasks.lm_windows(jax.random.fold_in(k_eval, i), corpus.valid, cfg.batch_size, seq_len)
              for i in range(cfg.eval_batches)]
-    start = time.perf_counter()
     result = train.fit(trainer, trainer.init(lm.init(k_model), k_train), data_fn, num_steps=cfg.steps,
                        out_dir=out_dir / "run", eval_batches=evals, eval_every=max(1, cfg.steps // cfg.eval_points),
                        log_every=max(1, min(25, cfg.steps // 4)), resume=resume, progress=progress,
                        config=dataclasses.asdict(cfg), description=cfg.model)
-    seconds = time.perf_counter() - start
+    seconds = result.seconds                     # total training time, across resumes
     eval_rows = [r for r in result.history if r["split"] == "eval"]
     # temperature is traced: one compilation for every temperature (0: greedy)
     sample = jax.jit(lambda p, k, t: decoding.sample(lm, p, prompt, k, max_len=cfg.sample_chars, temperature=t))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -146,13 +145,12 @@ def run_one(task: str, arch: str, cfg: Config, out_dir: Path, resume: bool, prog
     else:
         evals = [spec["sample"](k_eval, cfg.eval_size)]
     data_fn = lambda step: spec["sample"](jax.random.fold_in(k_data, step), cfg.batch_size)  # noqa: E731
-    start = time.perf_counter()
     result = train.fit(trainer, state, data_fn, num_steps=steps, out_dir=out_dir / "runs" / f"{task}_{arch}",
                        eval_batches=evals, eval_every=max(1, steps // cfg.eval_points),
                        log_every=max(1, min(25, steps // 4)), resume=resume, progress=progress,
                        config={"task": task, "arch": arch, **dataclasses.asdict(cfg)},
                        description=f"{task} {arch}")
-    seconds = time.perf_counter() - start
+    seconds = result.seconds                     # total training time, across resumes
     evals_rows = [r for r in result.history if r["split"] == "eval"]
     final = evals_rows[-1][spec["metric"]]
     return {"task": task, "T": spec["T"], "model": arch, "steps": steps, "metric": spec["metric"],

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "to_jsonable", "save_json", "load_json", "save_csv",
-           "load_csv", "save_npz", "save_figure", "ensure_writable_dir"]
+           "load_csv", "save_npz", "save_figure", "ensure_writable_dir", "remove_stale_temporaries", "json_line"]
 
 
 def ensure_writable_dir(path: str | os.PathLike, name: str = "output directory") -> Path:
@@ -49,11 +50,43 @@ def _atomic_path(path: str | os.PathLike, suffix: str = ""):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; a result file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer of this module left in ``directory``.
+
+    They are named ``.<file>.<random>.tmp`` beside their destination; a kill between
+    creating one and renaming it leaves it behind. Returns the removed paths.
+    """
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file() and not tmp.name.startswith(".write-check-"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def json_line(row: Mapping[str, Any]) -> str:
+    """One standard-JSON line for a metrics row: non-finite floats become null, and their
+    keys are listed under ``"nonfinite"`` (JSON has no NaN or Infinity)."""
+    bad = sorted(k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v))
+    clean = {k: (None if k in bad else v) for k, v in row.items()}
+    if bad:
+        clean["nonfinite"] = {k: repr(row[k]) for k in bad}
+    return json.dumps(clean, allow_nan=False, default=to_jsonable) + "\n"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

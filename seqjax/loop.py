@@ -24,9 +24,12 @@ Every name here is also available from :mod:`seqjax.train`, the one import users
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -137,11 +140,13 @@ class CheckpointError(ValueError):
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns: the final state and the metric rows (dicts with ``step``
-    and ``split`` in {"train", "eval"})."""
+    """What :func:`fit` returns: the final state, the metric rows (dicts with ``step``
+    and ``split`` in {"train", "eval"}) and ``seconds``, the run's total wall time
+    including the time before any resume (saved with every checkpoint)."""
 
     state: TrainState
     history: list[dict]
+    seconds: float = 0.0
 
 
 def _signature(state: TrainState) -> list[list]:
@@ -149,6 +154,28 @@ def _signature(state: TrainState) -> list[list]:
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype")
                                                              else x.dtype)] for p, x in flat]
+
+
+def _host(x) -> np.ndarray:
+    """A host copy of a leaf; for a replicated global array, this process's full copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(x)
+
+
+def _checksums(state: TrainState) -> list[str]:
+    """sha256 of every leaf's bytes (with its dtype and shape), in tree order.
+
+    orbax stores no checksum of array data, so a flipped byte in a checkpoint would
+    restore silently; :meth:`_Checkpoints.restore` compares these instead.
+    """
+    out = []
+    for leaf in jax.tree.leaves(state):
+        a = np.ascontiguousarray(_host(leaf))
+        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+        out.append(h.hexdigest())
+    return out
 
 
 def _finite_row(row: Mapping[str, Any]) -> str | None:
@@ -178,9 +205,13 @@ class _Checkpoints:
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: TrainState, meta: dict) -> None:
         ocp = self.ocp
         state = jax.tree.map(jnp.asarray, state)        # jax.Array leaves (no-op on the usual state)
+        meta = {**meta, "checksums": _checksums(state)}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
@@ -228,9 +259,18 @@ class _Checkpoints:
                                   "nothing was changed") from err
         state = jax.tree.unflatten(jax.tree.structure(template),
                                    [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in leaves])
+        if "checksums" not in meta:
+            raise CheckpointError(f"{where} has no checksums (written by an older seqjax?): its data "
+                                  "cannot be verified; nothing was changed")
+        got = _checksums(state)
+        if got != meta["checksums"]:
+            paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
+            bad = [paths[i] for i, (a, b) in enumerate(zip(got, meta["checksums"])) if a != b]
+            raise CheckpointError(f"{where} is corrupt: the data of {len(bad)} array(s) does not match "
+                                  f"its checksum (e.g. {bad[:3]}); nothing was changed")
         if int(state.step) != step:
             raise CheckpointError(f"{where} holds step {int(state.step)}, not {step}: corrupt")
-        return state
+        return state, float(meta.get("seconds", 0.0))
 
 
 def _jsonify(obj):
@@ -266,7 +306,8 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         out_dir: str | os.PathLike | None = None, eval_batches: Sequence[Any] | None = None,
         eval_every: int = 0, checkpoint_every: int = 0, log_every: int = 10,
         resume: bool = False, config: Mapping[str, Any] | None = None, mesh: Mesh | None = None,
-        progress: bool = True, max_to_keep: int = 2, description: str = "train") -> FitResult:
+        progress: bool = True, max_to_keep: int = 2, description: str = "train",
+        resume_fallback: bool = False) -> FitResult:
     """Train ``num_steps`` optimiser steps: the only stateful shell in seqjax.
 
     Each step runs ``jax.jit(trainer.train_step)`` on ``data_fn(step)``. Every
@@ -285,7 +326,17 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
     ``data_fn`` is a pure function of the step and the dropout keys are
     ``fold_in(rng, step)``, the final parameters are bit-identical to an
     uninterrupted run on CPU. A corrupt or mismatched checkpoint raises
-    :class:`CheckpointError` before anything on disk is touched.
+    :class:`CheckpointError` before anything on disk is touched: every saved array
+    carries a sha256 checksum that is verified on restore (orbax stores none), so a
+    flipped byte is refused, never restored. With ``resume_fallback=True`` a corrupt
+    latest checkpoint is skipped (with a warning) for the newest earlier one that
+    verifies.
+
+    Before step 1, every input is checked: the arguments, ``data_fn`` (callable),
+    ``eval_batches`` (a sequence of batches, each divisible by the device count on a
+    mesh), and one abstract evaluation (``jax.eval_shape``) of ``train_step`` and
+    ``eval_step`` on the first batches, so a loss function that does not return
+    ``(scalar, dict of scalars)`` fails at once, not after an epoch.
 
     NaN/Inf guard: when the loss or the gradient norm of any step is not finite,
     training stops with :class:`NonFiniteError` naming the step; no checkpoint is
@@ -318,9 +369,15 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
       progress: show the tqdm bar (on process 0 only).
       max_to_keep: checkpoints kept on disk.
       description: the progress bar's label.
+      resume_fallback: on resume, fall back to the newest earlier checkpoint that
+        verifies when the latest is corrupt (otherwise a corrupt latest raises); the
+        skipped checkpoints are renamed ``checkpoints/corrupt-<step>``, not deleted.
+
+    Metric rows are written to ``metrics.jsonl`` as standard JSON: a non-finite value
+    is ``null``, and its key is listed with its repr under ``"nonfinite"``.
 
     Returns:
-      :class:`FitResult` (final state, all metric rows).
+      :class:`FitResult` (final state, all metric rows, total seconds across resumes).
 
     Raises:
       ValueError: bad arguments; ``out_dir`` holds checkpoints but ``resume=False``;
@@ -340,17 +397,20 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         checks.check_int(value, name, minimum=lo)
     resume = checks.check_bool(resume, "resume")
     progress = checks.check_bool(progress, "progress")
+    resume_fallback = checks.check_bool(resume_fallback, "resume_fallback")
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoints are)")
     if mesh is None and jax.device_count() > 1:
         mesh = data_mesh()
     if mesh is not None and "data" not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
+    clock = time.perf_counter()
 
     writer = jax.process_index() == 0     # the one process that writes metric files and progress
     history: list[dict] = []
     ckpt = None
     metrics_path = None
+    seconds_before = 0.0
     if out_dir is not None:
         out_dir = io.ensure_writable_dir(out_dir)
         metrics_path = out_dir / "metrics.jsonl"
@@ -362,12 +422,15 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         ckpt = _Checkpoints(ckpt_dir, max_to_keep)
         latest = ckpt.latest() if resume else None
         if latest is not None:
-            state = ckpt.restore(latest, state, None if config is None else dict(config), mesh)
+            state, seconds_before, latest = _restore(ckpt, state, config, mesh, resume_fallback)
             history = _read_history(metrics_path, latest)
-            if writer:
-                io.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif writer and metrics_path.exists():
-            io.atomic_write_text(metrics_path, "")
+    # every input checked before anything is written or trained
+    first_step = int(state.step)
+    first_batch = _preflight(trainer, state, data_fn, eval_batches, mesh, first_step, num_steps)
+    if out_dir is not None and writer:
+        io.remove_stale_temporaries(out_dir)              # left by a kill between write and rename
+        if history or metrics_path.exists():
+            io.atomic_write_text(metrics_path, "".join(io.json_line(r) for r in history))
     meta_base = {"config": None if config is None else _jsonify(dict(config)),
                  "signature": _signature(state)}
 
@@ -388,7 +451,7 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         history.extend(rows)
         if writer and metrics_path is not None and rows:
             with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
+                f.write("".join(io.json_line(r) for r in rows))
 
     def flush() -> None:
         if not pending:
@@ -428,14 +491,15 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         if writer and metrics_path is not None and metrics_path.exists():
             with open(metrics_path, "rb+") as f:
                 os.fsync(f.fileno())
-        ckpt.save(s, state, {**meta_base, "step": s})      # collective: every process calls it
+        ckpt.save(s, state, {**meta_base, "step": s,       # collective: every process calls it
+                             "seconds": seconds_before + time.perf_counter() - clock})
         if writer:
             _write_csvs(out_dir, history)
         last_ckpt = s
 
     try:
         for step in range(start, num_steps):
-            batch = place(data_fn(step))
+            batch = place(first_batch if step == first_step else data_fn(step))
             state, metrics = train_step(state, batch)
             s = step + 1
             pending.append((s, metrics))
@@ -455,4 +519,52 @@ def fit(trainer: Trainer, state: TrainState, data_fn: Callable[[int], Any], *, n
         pbar.close()
     if out_dir is not None and writer:
         _write_csvs(out_dir, history)
-    return FitResult(state, history)
+    return FitResult(state, history, seconds_before + time.perf_counter() - clock)
+
+
+def _restore(ckpt: _Checkpoints, state: TrainState, config, mesh, fallback: bool):
+    """(state, seconds, step) from the latest checkpoint, or with ``fallback`` the newest that verifies."""
+    config = None if config is None else dict(config)
+    steps = ckpt.all_steps()[::-1]
+    first_error = None
+    for step in steps if fallback else steps[:1]:
+        try:
+            restored, seconds = ckpt.restore(step, state, config, mesh)
+        except CheckpointError as err:
+            first_error = first_error or err
+            if fallback:
+                warnings.warn(f"resume_fallback: skipping step {step}: {err}", stacklevel=3)
+            continue
+        skipped = [s for s in steps if s > step]
+        for bad in skipped:     # kept for inspection, out of the way of the steps to come
+            (ckpt.directory / str(bad)).rename(ckpt.directory / f"corrupt-{bad}")
+        if skipped:
+            ckpt.manager.reload()
+        return restored, seconds, step
+    hint = "" if fallback else " Pass resume_fallback=True to resume from the newest earlier checkpoint that verifies."
+    raise CheckpointError(f"{first_error}{hint}") from first_error
+
+
+def _preflight(trainer: Trainer, state: TrainState, data_fn, eval_batches, mesh, start: int, num_steps: int):
+    """Check every input of :func:`fit` before step 1; return the first training batch (or None)."""
+    if not callable(data_fn):
+        raise TypeError(f"data_fn must be a function data_fn(step) -> batch, got {type(data_fn).__name__}")
+    if eval_batches is not None:
+        if (hasattr(eval_batches, "_fields") or hasattr(eval_batches, "shape")
+                or not isinstance(eval_batches, (list, tuple))
+                or any(hasattr(b, "shape") for b in eval_batches)):
+            raise TypeError("eval_batches must be a list of batches, e.g. [batch]; got "
+                            f"{type(eval_batches).__name__} (one batch?)")
+    devices = None if mesh is None else mesh.shape["data"]
+    first = data_fn(start) if start < num_steps else None
+    named = [("the first training batch (data_fn)", first)] if first is not None else []
+    named += [(f"eval_batches[{i}]", b) for i, b in enumerate(eval_batches or [])]
+    for name, batch in named:
+        if devices is not None and _batch_size(batch) % devices:
+            raise ValueError(f"{name} has batch size {_batch_size(batch)}, which the {devices} devices of "
+                             "the data mesh do not divide; use a multiple of the device count")
+    if first is not None:
+        jax.eval_shape(trainer.train_step, state, first)
+    if eval_batches:
+        jax.eval_shape(trainer.eval_step, state.params, eval_batches[0])
+    return first

@@ -299,6 +299,46 @@ def _apply_grads(optimizer, state: TrainState, grads, loss, metrics, steps: int 
     return TrainState(state.step + steps, params, opt_state, state.rng), out
 
 
+def _checked_metrics(metrics, where: str) -> Mapping[str, Array]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"{where} must return its metrics as a dict of scalars (may be empty: {{}}), got "
+                        f"{type(metrics).__name__}")
+    for k, v in metrics.items():
+        if getattr(v, "shape", ()) != ():
+            raise ValueError(f"{where}'s metric {k!r} must be a scalar, got shape {tuple(v.shape)}")
+    return metrics
+
+
+def _checked_loss(loss, where: str) -> Array:
+    if not hasattr(loss, "shape") or loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(f"{where}'s loss must be a floating scalar (shape ()), got "
+                         f"{getattr(loss, 'shape', type(loss).__name__)}: reduce it, e.g. with jnp.mean")
+    return loss
+
+
+def _checked_loss_fn(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` with its output checked at trace time: ``(scalar loss, dict of scalars)``."""
+    def checked(params, batch, key):
+        out = loss_fn(params, batch, key)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError("loss_fn must return (loss, metrics): a scalar and a dict of scalars, e.g. "
+                            f"(loss, {{}}); got {type(out).__name__}")
+        return _checked_loss(out[0], "loss_fn"), _checked_metrics(out[1], "loss_fn")
+    return checked
+
+
+def _checked_chunk_loss_fn(chunk_loss_fn: ChunkLossFn) -> ChunkLossFn:
+    """``chunk_loss_fn`` with its output checked at trace time: ``(loss, (carry, metrics))``."""
+    def checked(params, carry, chunk, key):
+        out = chunk_loss_fn(params, carry, chunk, key)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
+            raise TypeError("chunk_loss_fn must return (loss, (carry, metrics)); got "
+                            f"{type(out).__name__}")
+        loss, (carry, metrics) = out
+        return _checked_loss(loss, "chunk_loss_fn"), (carry, _checked_metrics(metrics, "chunk_loss_fn"))
+    return checked
+
+
 def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
             clip_norm: float | None = None) -> Trainer:
     """Pure ``train_step`` / ``eval_step`` for a loss function and an optax optimiser.
@@ -316,6 +356,7 @@ def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    loss_fn = _checked_loss_fn(loss_fn)
     optimizer = _with_clipping(optimizer, clip_norm)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -386,6 +427,7 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
     update_every_chunk = checks.check_bool(update_every_chunk, "update_every_chunk")
     if not callable(chunk_loss_fn):
         raise TypeError(f"chunk_loss_fn must be callable, got {type(chunk_loss_fn).__name__}")
+    chunk_loss_fn = _checked_chunk_loss_fn(chunk_loss_fn)
     optimizer = _with_clipping(optimizer, clip_norm)
     grad_fn = jax.value_and_grad(chunk_loss_fn, has_aux=True)
 
