@@ -330,6 +330,7 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
 
     def init(key: PRNGKey, query_size: int, key_size: int | None = None,
              value_size: int | None = None, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         query_size = checks.check_int(query_size, "query_size")
         key_size = query_size if key_size is None else checks.check_int(key_size, "key_size")
         value_size = key_size if value_size is None else checks.check_int(value_size, "value_size")
@@ -456,6 +457,7 @@ def additive_attention(hidden_size: int) -> AdditiveAttention:
     A = checks.check_int(hidden_size, "hidden_size")
 
     def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         kq, kk, ke = jax.random.split(key, 3)
         query_size = checks.check_int(query_size, "query_size")
         key_size = checks.check_int(key_size, "key_size")
@@ -517,6 +519,7 @@ def luong_attention(score: str = "general", *, scale: bool = False) -> LuongAtte
         raise ValueError(f"score must be 'dot' or 'general', got {score!r}")
 
     def init(key: PRNGKey, query_size: int, key_size: int, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         query_size = checks.check_int(query_size, "query_size")
         key_size = checks.check_int(key_size, "key_size")
         if score == "dot":

@@ -253,6 +253,7 @@ def positional_encoding(kind: str, max_len: int, model_size: int) -> PositionalE
     model_size = checks.check_int(model_size, "model_size")
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         if kind == "sinusoidal":
             return {}
         return layers.embedding_init(key, max_len, model_size, std=0.02, dtype=dtype)
@@ -358,6 +359,7 @@ def encoder_layer(cfg: StackConfig) -> Layer:
     D, N = cfg.model_size, cfg.num_heads
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         ka, kf = jax.random.split(key)
         return {"self_attn": mha.init(ka, D, dtype=dtype), "ff": _ff_init(kf, cfg, dtype),
                 "norm1": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype), "norm2": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)}
@@ -401,6 +403,7 @@ def decoder_layer(cfg: StackConfig) -> Layer:
     D, N = cfg.model_size, cfg.num_heads
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         ka, kc, kf = jax.random.split(key, 3)
         return {"self_attn": mha.init(ka, D, dtype=dtype), "cross_attn": mha.init(kc, D, dtype=dtype),
                 "ff": _ff_init(kf, cfg, dtype), "norm1": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype),
@@ -486,6 +489,7 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
     mha = _mha(cfg)
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         keys = jax.random.split(key, L)
         params = {"layers": [layer.init(k, dtype) for k in keys]}
         if cfg.final_norm:
@@ -572,6 +576,7 @@ def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig) -> Encod
     enc, dec = encoder(encoder_cfg), decoder(decoder_cfg)
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         ke, kd = jax.random.split(key)
         return {"encoder": enc.init(ke, dtype), "decoder": dec.init(kd, dtype)}
 
@@ -706,6 +711,7 @@ def transformer(cfg: TransformerConfig) -> Transformer:
     tgt_key = "src_embed" if cfg.share_embeddings else "tgt_embed"
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         ks = jax.random.split(key, 7)
         params = {"src_embed": _embed_init(ks[0], Vs, D, dtype),
                   "src_pos": pos.init(ks[2], dtype), "tgt_pos": pos.init(ks[3], dtype),
@@ -824,6 +830,7 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
     D, V = cfg.model_size, cfg.vocab_size
 
     def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+        checks.check_key(key)
         ke, kp, kd, ko = jax.random.split(key, 4)
         return {"embed": _embed_init(ke, V, D, dtype), "pos": pos.init(kp, dtype),
                 "decoder": stack.init(kd, dtype), "output": _output_init(ko, D, V, cfg.tie_embeddings, dtype)}
