@@ -118,7 +118,7 @@ def _check_unroll(carry, xs, lengths, time_major: bool):
 
 def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
            lengths: Array | None = None, reverse: bool = False, time_major: bool = False,
-           unroll: int = 1) -> tuple[Carry, Any]:
+           unroll: int = 1, remat: int | None = None) -> tuple[Carry, Any]:
     """Run ``step`` over time with ``jax.lax.scan``: the only loop over time in seqjax.
 
     Args:
@@ -139,25 +139,55 @@ def unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
         With ``lengths``, the reverse pass starts at each sequence's last valid step.
       time_major: the layout of ``xs`` and of the returned outputs.
       unroll: passed to ``lax.scan``.
+      remat: None, or K >= 1: rematerialise in segments of K steps (``jax.checkpoint``),
+        so reverse-mode memory is O(T/K + K) states instead of O(T); same values and
+        gradients. K near sqrt(T) minimises memory; each step is computed twice.
 
     Returns:
       ``(final_carry, ys)``: the carry after the last (valid) step and the stacked
       per-step outputs in the layout of ``xs``.
     """
     _, lengths = _check_unroll(carry, xs, lengths, time_major)
-    carry, ys = _scan(step, params, carry, _to_time_major(xs, time_major), lengths, reverse, unroll)
+    checks.check_int(unroll, "unroll")
+    if remat is not None:
+        remat = checks.check_int(remat, "remat")
+    carry, ys = _scan(step, params, carry, _to_time_major(xs, time_major), lengths, bool(reverse), unroll,
+                      remat)
     return carry, _to_time_major(ys, time_major)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _scan(step, params, carry, xs_tm, lengths, reverse, unroll):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _scan(step, params, carry, xs_tm, lengths, reverse, unroll, remat):
     """The scan itself, jitted with ``step`` static so that eager calls with the same
     cell and shapes reuse one compilation (under an outer jit it is simply inlined).
-    The cache is keyed on (and holds) ``step``: steps must not close over arrays."""
-    body = _masked(step, lengths)
+    The cache is keyed on (and holds) ``step``: steps must not close over arrays.
+
+    With ``remat=K`` (< T) time runs as an outer scan over ceil(T/K) segments, each an
+    inner scan of K steps under ``jax.checkpoint``: reverse mode keeps only the carries
+    at segment boundaries and recomputes one segment's intermediates at a time, so
+    memory is O(T/K + K) states instead of O(T). A T that K does not divide is padded
+    with masked steps (carry passed through, output dropped)."""
     T = jax.tree.leaves(xs_tm)[0].shape[0]
-    return jax.lax.scan(lambda c, tx: body(params, c, tx), carry, (jnp.arange(T), xs_tm),
-                        reverse=reverse, unroll=unroll)
+    if remat is None or remat >= T:
+        body = _masked(step, lengths)
+        return jax.lax.scan(lambda c, tx: body(params, c, tx), carry, (jnp.arange(T), xs_tm),
+                            reverse=reverse, unroll=unroll)
+    n = -(-T // remat)                                                    # segments
+    Tp = n * remat
+    if Tp != T:
+        B = jax.tree.leaves(xs_tm)[0].shape[1]
+        lengths = jnp.full((B,), T, jnp.int32) if lengths is None else lengths
+        xs_tm = jax.tree.map(lambda a: jnp.pad(a, [(0, Tp - T)] + [(0, 0)] * (a.ndim - 1)), xs_tm)
+    body = _masked(step, lengths)
+    ts = jnp.arange(Tp).reshape(n, remat)                                 # (n, K)
+    segments = jax.tree.map(lambda a: a.reshape((n, remat) + a.shape[1:]), xs_tm)   # (n, K, B, ...)
+
+    @jax.checkpoint
+    def segment(c, seg):
+        return jax.lax.scan(lambda c_, tx: body(params, c_, tx), c, seg, reverse=reverse, unroll=unroll)
+
+    carry, ys = jax.lax.scan(segment, carry, (ts, segments), reverse=reverse)
+    return carry, jax.tree.map(lambda a: a.reshape((Tp,) + a.shape[2:])[:T], ys)
 
 
 def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
@@ -205,14 +235,15 @@ def perturbed_step(cell: Cell) -> StepFn:
 
 
 class RecurrentConfig(NamedTuple):
-    """Static facts of a layer: its cell, depth, directions, dropout rate, and
-    whether the hand-written backward pass is used (see :func:`layer`)."""
+    """Static facts of a layer: its cell, depth, directions, dropout rate, whether the
+    hand-written backward pass is used and the rematerialisation segment (see :func:`layer`)."""
 
     cell: Cell
     num_layers: int
     bidirectional: bool
     dropout: float
     fused_backward: bool = False
+    remat: int | None = None
 
     @property
     def num_directions(self) -> int:
@@ -254,7 +285,7 @@ def carry_dtype(cell_params: Params, x: Array) -> jnp.dtype:
 
 
 def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
-          dropout: float = 0.0, fused_backward: bool = False) -> Recurrent:
+          dropout: float = 0.0, fused_backward: bool = False, remat: int | None = None) -> Recurrent:
     """A multi-layer, optionally bidirectional, variable-length recurrent layer.
 
     Args:
@@ -278,6 +309,12 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         (``cell.pointwise_backward is not None``: every cell of
         :func:`seqjax.cells.make`); any other cell raises ValueError here. A call
         with ``perturbations`` runs the plain (autodiff) unroll instead.
+      remat: None, or K >= 1: every (layer, direction) runs time in segments of K
+        steps, each recomputed in the backward pass (``jax.checkpoint``; see
+        :func:`unroll`), so gradient memory is O(T/K + K) states instead of O(T)
+        per layer. Same values and gradients; about one extra forward pass of
+        compute. Works with lengths, bidirectional and multi-layer layers; not with
+        ``fused_backward`` (a ValueError: its hand-written backward stores every step).
 
     Returns:
       A :class:`Recurrent` whose ``apply(params, x, *, lengths=None,
@@ -313,7 +350,12 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             raise ValueError(f"fused_backward=True needs a cell with a hand-written backward "
                              f"(cell.pointwise_backward), but the cell {cell.name!r} has none; "
                              "use fused_backward=False")
-    config = RecurrentConfig(cell, num_layers, bidirectional, dropout, fused_backward)
+    if remat is not None:
+        remat = checks.check_int(remat, "remat")
+        if fused_backward:
+            raise ValueError("remat and fused_backward=True cannot be combined: the hand-written backward "
+                             "stores every step's gate values; use one or the other")
+    config = RecurrentConfig(cell, num_layers, bidirectional, dropout, fused_backward, remat)
     directions = config.directions
     H = cell.hidden_size
     ND = len(directions)
@@ -368,12 +410,12 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             for j, d in enumerate(directions):
                 p, c0, rev = params["layers"][k][d], jax.tree.map(lambda a: a[k * ND + j], carry0), d == "backward"
                 if perturbations is not None:
-                    final, ys = unroll(perturbed_step(cell), p, c0, (h, perturbations[k][d]),
+                    final, ys = unroll(perturbed_step(cell), p, c0, (h, perturbations[k][d]), remat=remat,
                                        lengths=lengths, reverse=rev)
                 elif fused_backward:
                     final, ys = _fused.fused_unroll(cell, p, c0, h, lengths=lengths, reverse=rev)
                 else:
-                    final, ys = unroll(cell.step, p, c0, h, lengths=lengths, reverse=rev)
+                    final, ys = unroll(cell.step, p, c0, h, lengths=lengths, reverse=rev, remat=remat)
                 finals.append(final)                                       # (B, H) leaves
                 outs.append(ys)                                            # (B, T, H)
             h = outs[0] if ND == 1 else jnp.concatenate(outs, axis=-1)    # (B, T, ND*H)
