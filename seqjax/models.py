@@ -244,18 +244,19 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
 
     def apply(params: Params, x: Array, *, lengths: Array | None = None,
               dropout_key: PRNGKey | None = None) -> Array:
-        if config.vocab_size is not None:
-            h = _embed_inputs(config, params, x, scale=math.sqrt(D))       # (B, T, D)
-        else:
-            h = layers.dense(params["input"], _embed_inputs(config, params, x))
+        h = _embed_inputs(config, params, x, scale=math.sqrt(D))           # (B, T, D) or (B, T, E)
         B, T = h.shape[:2]
-        h = pos.apply(params["pos"], h)
         mask = attention.causal_mask(T) if config.causal else None        # (1, 1, T, T)
         if lengths is not None:
             lengths = checks.check_lengths(lengths, B, T)
             mask = attention.combine_masks(mask, attention.padding_mask(lengths, T))
-            # zero padded inputs: a NaN there times its zero attention weight would still be NaN
-            h = jnp.where((jnp.arange(T)[None, :] < lengths[:, None])[..., None], h, jnp.zeros_like(h))
+            # zero padded inputs before any use: a NaN there times its zero attention weight
+            # would still be NaN, and so would the input projection's gradient (0 * NaN)
+            valid = (jnp.arange(T)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+            h = jnp.where(valid, h, jnp.zeros_like(h))
+        if config.vocab_size is None:
+            h = layers.dense(params["input"], h)                            # (B, T, D)
+        h = pos.apply(params["pos"], h)
         h = stack.apply(params["encoder"], h, mask=mask, dropout_key=dropout_key)  # (B, T, D)
         if config.readout == "last":
             last = jnp.full((B,), T - 1) if lengths is None else lengths - 1

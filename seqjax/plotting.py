@@ -8,14 +8,16 @@ with Agg; save them with :func:`seqjax.io.save_figure` (atomic).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["band", "gradient_norms_figure", "spectral_sweep_figure", "clipping_figure",
-           "layer_norms_figure", "learning_curves_figure", "FLOAT32_TINY"]
+           "layer_norms_figure", "learning_curves_figure", "accuracy_figure", "AttentionMap",
+           "attention_maps_figure", "FLOAT32_TINY"]
 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # 1.2e-38: float32's smallest normal number
 
@@ -24,9 +26,17 @@ _STYLE = {  # stable colours per architecture across every figure
     "lstm_fb0": "tab:green", "lstm_fb1": "tab:olive", "gru": "tab:purple",
     "transformer_post_ln": "tab:red", "transformer_pre_ln": "tab:brown",
     "irnn": "tab:cyan", "lstm": "tab:green", "transformer": "tab:red",
+    "seq2seq, no attention": "tab:gray", "seq2seq + attention": "tab:blue", "Transformer": "tab:red",
 }
 _TAB10 = tuple(f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray",
                                      "olive", "cyan"))
+
+
+def _colors(panels: Mapping[str, Mapping[str, object]]) -> dict[str, str | None]:
+    """One colour per line label over all panels: its :data:`_STYLE` colour, else a free tab10 one."""
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    free = iter(c for c in _TAB10 if c not in {_STYLE.get(label) for label in labels})
+    return {label: _STYLE.get(label) or next(free, None) for label in labels}
 
 
 def band(ax, x: np.ndarray, runs: np.ndarray, *, label: str, color: str | None = None,
@@ -214,9 +224,7 @@ def learning_curves_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, n
       xlabel: the x-axis label.
       title: figure title.
     """
-    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
-    free = iter(c for c in _TAB10 if c not in {_STYLE.get(label) for label in labels})
-    colors = {label: _STYLE.get(label) or next(free, None) for label in labels}
+    colors = _colors(panels)
     fig = Figure(figsize=(4.4 * len(panels) + (1.2 if len(panels) > 1 else 0.6), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     handles = {}
@@ -239,4 +247,224 @@ def learning_curves_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, n
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def accuracy_figure(panels: Mapping[str, Mapping[str, tuple[Sequence, np.ndarray]]], *,
+                    xlabel: str | Mapping[str, str], ylabel: str = "exact match",
+                    trained_up_to: Mapping[str, float] | None = None,
+                    baseline: Mapping[str, float] | None = None, baseline_label: str = "chance",
+                    title: str = "") -> Figure:
+    """Accuracy against a property of the input, one panel per task, one line or bar set per model.
+
+    A panel whose x values are numbers (source lengths) draws lines; one whose x values
+    are strings (input formats, length buckets) draws grouped bars. A model keeps its
+    colour in every panel, and one legend lists them all.
+
+    Args:
+      panels: panel title -> model label -> (x (N,), accuracy (N,) in [0, 1]).
+      xlabel: the x-axis label, one for all panels or one per panel title.
+      ylabel: the y-axis label.
+      trained_up_to: panel title -> the largest x seen in training; x beyond it is
+        shaded ("longer than any training input").
+      baseline: panel title -> a reference level (chance), drawn dashed.
+      baseline_label: the legend label of the reference level.
+      title: figure title.
+    """
+    colors = _colors(panels)
+    cats = {name: list(dict.fromkeys(x for xs, _ in lines.values() for x in xs if isinstance(x, str)))
+            for name, lines in panels.items()}
+    widths = [max(4.4, 0.6 * len(cats[name])) if cats[name] else 5.0 for name in panels]   # inches
+    fig = Figure(figsize=(sum(widths) + 1.6, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+    handles = {}
+    for ax, (name, lines) in zip(axes, panels.items()):
+        if cats[name]:
+            cats_ = cats[name]
+            width = 0.8 / max(len(lines), 1)
+            for i, (label, (xs, ys)) in enumerate(lines.items()):
+                pos = np.array([cats_.index(x) for x in xs]) - 0.4 + (i + 0.5) * width
+                handles[label] = ax.bar(pos, ys, width=width, label=label, color=colors[label])
+            ax.set_xticks(range(len(cats_)), cats_, rotation=30, ha="right", fontsize=7)
+            ax.set_axisbelow(True)                          # grid lines behind the bars
+        else:
+            for label, (xs, ys) in lines.items():
+                (handles[label],) = ax.plot(xs, ys, marker="o", markersize=3, label=label, color=colors[label])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if trained_up_to and name in trained_up_to:
+                edge = trained_up_to[name] + 0.5
+                ax.axvspan(edge, max(max(xs) for xs, _ in lines.values()) + 0.5, color="k", alpha=0.07,
+                           linewidth=0)
+                ax.text(edge, 0.97, " longer than any\n training source", fontsize=7, va="top",
+                        transform=ax.get_xaxis_transform())
+        if baseline and name in baseline:
+            ax.axhline(baseline[name], color="k", linestyle="--", linewidth=1.0, label=baseline_label)
+            handles[baseline_label] = Line2D([], [], color="k", linestyle="--", linewidth=1.0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(xlabel if isinstance(xlabel, str) else xlabel.get(name, ""))
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+class AttentionMap(NamedTuple):
+    """One heatmap: ``weights`` (S, T) (rows: output steps, columns: source positions),
+    the tick labels of its columns and rows (empty: no ticks) and its title."""
+
+    weights: np.ndarray
+    x_labels: Sequence[str] = ()
+    y_labels: Sequence[str] = ()
+    title: str = ""
+
+
+def attention_maps_figure(rows: Sequence[Sequence[AttentionMap]], *, xlabel: str = "source position",
+                          ylabel: str = "output step", title: str = "", cell_size: float = 0.22) -> Figure:
+    """A grid of attention heatmaps on one colour scale [0, 1] with one colour bar.
+
+    Args:
+      rows: the grid, row by row (rows may have different lengths).
+      xlabel, ylabel: axis labels (drawn on the left column and the bottom row).
+      title: figure title.
+      cell_size: inches per heatmap cell (the panel size follows the largest map).
+    """
+    ncols = max(len(r) for r in rows)
+    S = max(m.weights.shape[0] for r in rows for m in r)
+    T = max(m.weights.shape[1] for r in rows for m in r)
+    w, h = max(2.2, cell_size * T + 0.9), max(2.0, cell_size * S + 0.9)
+    fig = Figure(figsize=(w * ncols + 0.8, h * len(rows) + (0.4 if title else 0.0)), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    image = None
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= len(row):
+                ax.set_axis_off()
+                continue
+            m = row[j]
+            image = ax.imshow(np.asarray(m.weights, np.float64), vmin=0.0, vmax=1.0, cmap="viridis",
+                              aspect="auto", interpolation="nearest")
+            for labels, set_ticks in ((m.x_labels, ax.set_xticks), (m.y_labels, ax.set_yticks)):
+                if len(labels):
+                    set_ticks(range(len(labels)), list(labels), fontsize=6)
+                else:
+                    set_ticks([])
+            ax.set_title(m.title, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(ylabel, fontsize=8)
+            if i == len(rows) - 1 or j >= len(rows[i + 1]):
+                ax.set_xlabel(xlabel, fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- seeds, bounds and depth
+
+__all__ += ["learning_bands_figure", "spectral_panels_figure", "depth_sweep_figure"]
+_STYLE.setdefault("orthogonal", "tab:pink")      # the orthogonal RNN (expRNN) in every figure
+_STYLE.setdefault("rnn_sigmoid", "tab:purple")
+
+
+def learning_bands_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], *,
+                          ylabel: str | Mapping[str, str], log: bool | Mapping[str, bool] = False,
+                          baseline: Mapping[str, float] | None = None, baseline_label: str = "chance",
+                          xlabel: str = "step", title: str = "") -> Figure:
+    """Learning curves over several seeds: the mean (geometric on a log axis) and the min-max band.
+
+    Args:
+      panels: panel title -> line label -> (steps (N,), runs (seeds, N)).
+      ylabel, log, baseline, baseline_label, xlabel, title: as :func:`learning_curves_figure`.
+    """
+    colors = _colors(panels)
+    fig = Figure(figsize=(4.0 * len(panels) + (1.4 if len(panels) > 1 else 0.6), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = {}
+    for ax, (name, lines) in zip(axes, panels.items()):
+        is_log = log if isinstance(log, bool) else log.get(name, False)
+        for label, (steps, runs) in lines.items():
+            band(ax, np.asarray(steps), np.asarray(runs), label=label, color=colors[label], log=is_log)
+            handles[label] = Line2D([], [], color=ax.get_lines()[-1].get_color(), linewidth=1.6)
+        if baseline and name in baseline:
+            ax.axhline(baseline[name], color="k", linestyle="--", linewidth=1.0)
+        if is_log:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel.get(name, ""))
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    if baseline:
+        handles[baseline_label] = Line2D([], [], color="k", linestyle="--", linewidth=1.0)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def spectral_panels_figure(panels: Sequence[Mapping], *, length: int) -> Figure:
+    """||dL/dh_0|| against the largest singular value of W_hh, one panel per sweep, each with its bound.
+
+    Args:
+      panels: each a mapping with ``sigma`` (S,), ``norms`` (activation -> (seeds, S)),
+        ``bound`` (S,) and ``bound_label``, ``inverse_gamma`` (the vertical line 1/gamma of
+        Pascanu et al. 2013: sigma_max < 1/gamma is sufficient for vanishing) and ``title``.
+      length: T.
+    """
+    fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels):
+        sigma = np.asarray(p["sigma"])
+        for act, runs in p["norms"].items():
+            band(ax, sigma, runs, label=f"{act} RNN (measured)", color=_STYLE.get(f"rnn_{act}"))
+        ax.plot(sigma, p["bound"], color="k", linestyle="--", linewidth=1.0, label=p["bound_label"])
+        inv = p["inverse_gamma"]
+        ax.axvline(inv, color="tab:red", linewidth=1.0, linestyle=":")
+        ax.text(inv, 0.55, rf" $1/\gamma$ = {inv:g}", transform=ax.get_xaxis_transform(), color="tab:red",
+                fontsize=8, rotation=90, va="bottom", ha="right")
+        ax.axvspan(sigma.min(), min(inv, sigma.max()), color="tab:blue", alpha=0.05)
+        ax.set_yscale("log")
+        ax.set_xlabel(r"largest singular value $\sigma_{max}$ of $W_{hh}$")
+        ax.set_title(p["title"], fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel(rf"$\|\partial L/\partial h_0\|$, T = {length}")
+    fig.suptitle(r"Vanishing/exploding phase transition: left of $1/\gamma$ vanishing is guaranteed "
+                 "(Pascanu et al. 2013)", fontsize=10)
+    return fig
+
+
+def depth_sweep_figure(depths: np.ndarray, norms: Mapping[str, np.ndarray], *, reference: np.ndarray,
+                       reference_label: str, ylabel: str, title: str = "") -> Figure:
+    """A gradient norm against the number of layers L (log-log), per variant, with a reference line.
+
+    Args:
+      depths: (K,) numbers of layers.
+      norms: variant (``"post_ln"``, ``"pre_ln"``) -> (seeds, K).
+      reference: (K,) the reference curve (e.g. c / sqrt(L)).
+      reference_label: its legend label.
+      ylabel: y-axis label.
+      title: figure title.
+    """
+    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    colors = {"post_ln": "tab:red", "pre_ln": "tab:brown"}
+    names = {"post_ln": "Post-LN", "pre_ln": "Pre-LN"}
+    for variant, runs in norms.items():
+        band(ax, depths, runs, label=names.get(variant, variant), color=colors.get(variant))
+    ax.plot(depths, reference, color="k", linestyle="--", linewidth=1.0, label=reference_label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(depths, [str(int(d)) for d in depths])
+    ax.minorticks_off()
+    ax.set_xlabel("number of layers L")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     return fig
