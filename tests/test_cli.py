@@ -7,7 +7,7 @@ import pytest
 from conftest import load_script
 
 SCRIPTS = ("char_lm", "clipping", "gradient_norms", "layernorm_placement", "long_range", "spectral_sweep",
-           "transformer_copy", "hello_lstm")
+           "transformer_copy", "hello_lstm", "attention_bottleneck", "task_types", "attention_maps", "scaling")
 
 
 def _numeric_flags(module) -> list[tuple[str, type]]:
