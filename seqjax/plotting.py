@@ -468,3 +468,32 @@ def depth_sweep_figure(depths: np.ndarray, norms: Mapping[str, np.ndarray], *, r
     if title:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+def scaling_figure(series: Mapping[str, tuple[Sequence[int], Mapping[str, Sequence[float]]]], *,
+                   crossovers: Mapping[str, int | None], labels: Mapping[str, str]) -> Figure:
+    """Time and memory against sequence length, log-log, one line per model.
+
+    Args:
+      series: ``{model: (T values, {"seconds": [...], "temp_mib": [...]})}``.
+      crossovers: ``{"seconds": T or None, "temp_mib": T or None}``, marked by a vertical line.
+      labels: legend label per model.
+    """
+    fig = Figure(figsize=(9.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, ylabel in ((axes[0], "seconds", "forward + backward (s)"),
+                            (axes[1], "temp_mib", "XLA temporary memory (MiB)")):
+        for model, (Ts, values) in series.items():
+            ax.plot(Ts, values[key], marker="o", label=labels.get(model, model))
+        if crossovers.get(key) is not None:
+            ax.axvline(crossovers[key], color="0.5", linestyle=":", label=f"crossover T={crossovers[key]}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+__all__ += ["scaling_figure"]

@@ -85,3 +85,21 @@ def test_input_projection_and_bidirectional_prototypes_run(tmp_path):
     payload = bd.main(["--quick", "--cells", "gru", "--out", str(tmp_path)])
     assert len(payload["rows"]) == 2
     assert payload["rows"][0]["max_rel_grad_diff"] < 1e-5      # one vmapped scan == two scans
+
+
+@pytest.mark.slow
+def test_long_sequences_quick_writes_every_point(tmp_path):
+    load_script("benchmarks", "long_sequences").main(["--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "long_sequences_quick.json").read_text())["rows"]
+    assert [(r["T"], r["remat"]) for r in rows] == [(64, None), (64, 16), (256, None), (256, 16)]
+    for r in rows:
+        assert r["seconds"] > 0 and r["peak_rss_gib"] > 0 and r["xla_temp_gib"] >= 0
+
+
+@pytest.mark.slow
+def test_scaling_experiment_quick_writes_data_config_and_figure(tmp_path):
+    load_script("experiments", "scaling").main(["--quick", "--out", str(tmp_path)])
+    for name in ("scaling.csv", "config.json", "scaling.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert set(config["lengths"]) == {16, 32, 64} and "crossover_T_time" in config
