@@ -2,7 +2,7 @@
 
 Forward + backward of ``sum(outputs**2)`` w.r.t. the parameters of one LSTM layer
 (``recurrent.layer``, H = D) and one Post-LN Transformer encoder layer (D, 4 heads,
-FFN 4D, no mask), at T = 64 ... 8192, B = 8. Per point: the median wall time of a few
+FFN 4D, no mask), at T = 64 ... 8192, B = 2. Per point: the median wall time of a few
 calls and XLA's accounting of the compiled step's temporary memory
 (``compiled.memory_analysis()``, deterministic). The crossover is the first T at which
 the Transformer layer costs more than the LSTM layer. Writes config.json,
@@ -36,7 +36,7 @@ QUICK = dict(lengths=(16, 32, 64), width=16, batch_size=2, repeats=1)
 class Config:
     lengths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
     width: int = 128             # LSTM H = Transformer D
-    batch_size: int = 8
+    batch_size: int = 2          # at T = 8192 one (B, N, T, T) attention tensor is 2 GiB
     repeats: int = 3
     seed: int = 0
 
