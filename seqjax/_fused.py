@@ -69,7 +69,7 @@ __all__ = ["supports", "fused_unroll"]
 
 def supports(cell: Cell) -> bool:
     """Whether ``cell`` has the pieces the fused backward needs (``pointwise`` and
-    ``pointwise_backward``); every cell of :func:`seqjax.cells.make` has them."""
+    ``pointwise_backward``); every cell of :func:`seqjax.cells.make` but ``"orthogonal"`` has them."""
     return cell.pointwise is not None and cell.pointwise_backward is not None
 
 

@@ -307,7 +307,7 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
         mode or ``jax.hessian`` still work (JAX differentiates the hand-written
         backward, which is plain JAX). Needs a cell with a hand-written backward
         (``cell.pointwise_backward is not None``: every cell of
-        :func:`seqjax.cells.make`); any other cell raises ValueError here. A call
+        :func:`seqjax.cells.make` but ``"orthogonal"``); any other cell raises ValueError here. A call
         with ``perturbations`` runs the plain (autodiff) unroll instead.
       remat: None, or K >= 1: every (layer, direction) runs time in segments of K
         steps, each recomputed in the backward pass (``jax.checkpoint``; see

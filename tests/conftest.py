@@ -1,19 +1,40 @@
 """Shared test helpers and fixtures.
 
-Helpers (import them with ``from conftest import randn, randint, load_script``):
+Helpers (import them with ``from conftest import randn, randint, assert_close, load_script``):
 test data drawn with NumPy (eager ``jax.random`` would compile threefry for every
-new shape) and a loader for the experiment and benchmark scripts, which are not a
-package. Fixtures: float64 for analytic oracles, and small Transformer models.
+new shape), a pytree comparison at float32 tolerances (``chex``), hypothesis draws of
+lengths and of NaN/Inf padding, a loader for the experiment and benchmark scripts,
+which are not a package, and the tiny training set-up that ``test_train.py`` and
+``test_loop.py`` share. Fixtures: float64 for analytic oracles, and small Transformer
+models.
+
+Property-based tests (``hypothesis``) run under the ``"ci"`` profile registered here:
+derandomized (the same examples on every run, so CI is reproducible), no example
+database written into the tree, no deadline (the first example of a shape pays for
+XLA compilation) and few examples, because every new shape compiles. Set
+``HYPOTHESIS_PROFILE=dev`` to search with fresh random examples and more of them.
 """
 
+import functools
 import importlib.util
+import os
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+settings.register_profile("ci", max_examples=10, deadline=None, derandomize=True, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 PAD, SOS, EOS = 0, 1, 2        # the special ids of seqjax.tasks
@@ -28,6 +49,34 @@ def randn(seed, shape, dtype=jnp.float32):
 def randint(seed, shape, low, high):
     """Uniform int32 test data in [low, high) from NumPy."""
     return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
+
+
+def assert_close(actual, desired, rtol=1e-5, atol=1e-6):
+    """Two pytrees with the same structure and leaves equal to float32 rounding (``chex``)."""
+    chex.assert_trees_all_close(actual, desired, rtol=rtol, atol=atol)
+
+
+def draw_lengths(data, batch: int, steps: int, padded_row: bool = False) -> np.ndarray:
+    """Hypothesis: (B,) int32 lengths in [1, T]; with ``padded_row`` at least one row is shorter than T."""
+    lengths = np.array(data.draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch),
+                                 label="lengths"), np.int32)
+    if padded_row:
+        row = data.draw(st.integers(0, batch - 1), label="padded row")
+        lengths[row] = data.draw(st.integers(1, steps - 1), label="its length")
+    return lengths
+
+
+def poison_padding(data, x, lengths, bad: float):
+    """Hypothesis: ``x`` (B, T, E) with ``bad`` (NaN, Inf) written at a random non-empty set of
+    padded entries (t >= lengths[b]). Returns (the poisoned x, the (B, T) padding mask)."""
+    x = np.asarray(x)
+    padded = np.arange(x.shape[1])[None, :] >= np.asarray(lengths)[:, None]             # (B, T)
+    flags = np.array(data.draw(st.lists(st.booleans(), min_size=x.size, max_size=x.size), label="where"))
+    where = padded[..., None] & flags.reshape(x.shape)
+    if not where.any():                                                 # at least one poisoned entry
+        b = int(np.argmin(lengths))
+        where[b, data.draw(st.integers(int(lengths[b]), x.shape[1] - 1), label="t"), 0] = True
+    return jnp.asarray(np.where(where, bad, x), x.dtype), padded
 
 
 def load_script(folder: str, name: str):
@@ -83,3 +132,35 @@ def lm():
     model = T.decoder_only(T.DecoderOnlyConfig(V, model_size=8, num_heads=2, ff_size=16, num_layers=2,
                                                max_len=12))
     return model, model.init(jax.random.key(3))
+
+
+# ----------------------------------------------------------------------------- a tiny training set-up
+
+
+class Parity(NamedTuple):
+    """A GRU many-to-many model on running parity, its loss, data and trainer (test_train, test_loop)."""
+
+    model: object
+    loss: Callable
+    data: Callable
+    trainer: object
+    fresh_state: Callable
+
+
+@functools.cache
+def parity_setup() -> Parity:
+    """Built once per process: one tiny model, so its train step compiles once."""
+    from seqjax import losses, models, tasks, train
+    model = models.sequence_model(models.SequenceModelConfig(
+        cell="gru", hidden_size=8, output_size=2, input_size=1, readout="all"))
+
+    def loss(params, batch, key):
+        logits = model.apply(params, batch.x, dropout_key=key)
+        return losses.cross_entropy(logits, batch.y), {"accuracy": losses.accuracy(logits, batch.y)}
+
+    def data(step):
+        return tasks.running_parity(jax.random.fold_in(jax.random.key(7), step), 8, length=6)
+
+    trainer = train.trainer(loss, train.make_optimizer("adam", 2e-2), clip_norm=1.0)
+    return Parity(model, loss, data, trainer,
+                  lambda: trainer.init(model.init(jax.random.key(0)), jax.random.key(1)))

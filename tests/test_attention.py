@@ -1,9 +1,17 @@
-"""seqjax.attention: the maths of attention, masks, the two SDPA paths, MHA and Flax parity."""
+"""seqjax.attention: the maths of attention, masks, the two SDPA paths, MHA and Flax parity;
+jit == no jit (chex variants) and causality over random shapes (hypothesis)."""
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from conftest import randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqjax import attention as A
 
@@ -14,18 +22,9 @@ sdpa = jax.jit(A.scaled_dot_product_attention,
                static_argnames=("return_weights", "implementation", "dropout_rate", "scale"))
 
 
-def _randn(seed, shape, dtype=jnp.float32):
-    """Test data from NumPy: eager jax.random compiles threefry for every new shape."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def _randint(seed, shape, low, high):
-    return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
-
-
 def _qkv(seed=0, dtype=jnp.float32, tq=TQ, tk=TK):
-    return (_randn(3 * seed, (B, tq, N, K), dtype), _randn(3 * seed + 1, (B, tk, N, K), dtype),
-            _randn(3 * seed + 2, (B, tk, N, K), dtype))
+    return (randn(3 * seed, (B, tq, N, K), dtype), randn(3 * seed + 1, (B, tk, N, K), dtype),
+            randn(3 * seed + 2, (B, tk, N, K), dtype))
 
 
 def _numpy_attention(q, k, v, mask=None, bias=None):
@@ -76,7 +75,7 @@ def test_mask_builders_match_numpy():
 def test_reference_matches_numpy_oracle_float64(x64):
     q, k, v = _qkv(dtype=jnp.float64)
     mask = _mask()
-    bias = _randn(9, (1, N, TQ, TK), jnp.float64)
+    bias = randn(9, (1, N, TQ, TK), jnp.float64)
     out, w = sdpa(q, k, v, mask=mask, bias=bias, return_weights=True)
     want_out, want_w = _numpy_attention(q, k, v, mask, bias)
     np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
@@ -87,7 +86,7 @@ def test_reference_matches_numpy_oracle_float64(x64):
 def test_fast_path_equals_reference_path(with_bias):
     q, k, v = _qkv(1)
     mask = _mask()
-    bias = _randn(3, (B, 1, TQ, TK)) if with_bias else None
+    bias = randn(3, (B, 1, TQ, TK)) if with_bias else None
     fast = sdpa(q, k, v, mask=mask, bias=bias, implementation="xla")       # jax.nn.dot_product_attention
     ref = sdpa(q, k, v, mask=mask, bias=bias, implementation="reference")
     ref2, _ = sdpa(q, k, v, mask=mask, bias=bias, return_weights=True)
@@ -172,7 +171,7 @@ def test_sdpa_bad_inputs_name_the_argument():
 def mha_setup():
     mha = A.multi_head_attention(num_heads=2, qkv_size=8, out_size=7)
     params = mha.init(jax.random.key(0), query_size=6, key_size=5, value_size=3)
-    q, k, v = _randn(10, (B, TQ, 6)), _randn(11, (B, TK, 5)), _randn(12, (B, TK, 3))
+    q, k, v = randn(10, (B, TQ, 6)), randn(11, (B, TK, 5)), randn(12, (B, TK, 3))
     return mha, params, q, k, v
 
 
@@ -186,17 +185,21 @@ def test_mha_params_layout_and_shapes(mha_setup):
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
 
 
+def _numpy_mha(params, q, k, v, mask):
+    """MHA with 2 heads of size 4 in float64 NumPy: project, attend per head, project out."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    proj = lambda n, x: (np.asarray(x, np.float64) @ p[n]["kernel"] + p[n]["bias"]).reshape(*x.shape[:2], 2, 4)  # noqa
+    heads, _ = _numpy_attention(proj("query", q), proj("key", k), proj("value", v), mask)
+    return heads.reshape(*q.shape[:2], 8) @ p["out"]["kernel"] + p["out"]["bias"]
+
+
 def test_mha_matches_per_head_numpy(mha_setup, x64):
     mha, params, q, k, v = mha_setup
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     q, k, v = (a.astype(jnp.float64) for a in (q, k, v))
     mask = A.padding_mask(jnp.array([5, 3]), TK)
     out = mha.apply(params, q, k, v, mask=mask)
-    p = jax.tree.map(np.asarray, params)
-    proj = lambda n, x: (np.asarray(x) @ p[n]["kernel"] + p[n]["bias"]).reshape(*x.shape[:2], 2, 4)  # noqa
-    heads, _ = _numpy_attention(proj("query", q), proj("key", k), proj("value", v), mask)
-    want = heads.reshape(B, TQ, 8) @ p["out"]["kernel"] + p["out"]["bias"]
-    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, _numpy_mha(params, q, k, v, mask), rtol=1e-12, atol=1e-12)
 
 
 def test_mha_jit_equals_no_jit_and_self_attention_defaults(mha_setup):
@@ -254,7 +257,7 @@ def test_mha_parity_with_flax_linen(mha_setup):
 def test_additive_attention_matches_formula_and_masks():
     att = A.additive_attention(hidden_size=5)
     params = att.init(jax.random.key(0), query_size=3, key_size=4)
-    query, keys = _randn(20, (B, 3)), _randn(21, (B, TK, 4))
+    query, keys = randn(20, (B, 3)), randn(21, (B, TK, 4))
     mask = A.padding_mask(jnp.array([5, 2]), TK)[:, 0]                        # (B, 1, T)
     apply = jax.jit(att.apply)
     ctx, w = apply(params, query, keys, mask=mask)
@@ -278,7 +281,7 @@ def test_additive_attention_matches_formula_and_masks():
 def test_luong_attention_matches_formula(score):
     att = A.luong_attention(score)
     params = att.init(jax.random.key(0), 4, 4)
-    query, keys, values = _randn(30, (B, 4)), _randn(31, (B, TK, 4)), _randn(32, (B, TK, 6))
+    query, keys, values = randn(30, (B, 4)), randn(31, (B, TK, 4)), randn(32, (B, TK, 6))
     ctx, w = jax.jit(att.apply)(params, query, keys, values)
     qa = np.asarray(query) @ np.asarray(params["kernel"]) if score == "general" else np.asarray(query)
     e = np.einsum("be,bte->bt", qa, keys)
@@ -290,3 +293,61 @@ def test_luong_attention_matches_formula(score):
         att.apply(params, query, keys, values[:, :3])
     with pytest.raises(ValueError, match="score must be"):
         A.luong_attention("concat")
+
+
+# ----------------------------------------------------------------------------- jit == no jit
+
+
+class AttentionVariantsTest(chex.TestCase):
+    """Both SDPA paths and MHA, with and without jit (chex variants), against the NumPy formula."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters("xla", "reference")
+    def test_sdpa_matches_numpy(self, implementation):
+        q, k, v = _qkv(7)
+        mask, bias = _mask(), randn(8, (B, 1, TQ, TK))
+        out = self.variant(functools.partial(A.scaled_dot_product_attention, implementation=implementation))(
+            q, k, v, mask=mask, bias=bias)
+        chex.assert_shape(out, (B, TQ, N, K))
+        want, _ = _numpy_attention(q, k, v, mask, bias)
+        chex.assert_trees_all_close(out, jnp.asarray(want, jnp.float32), rtol=1e-5, atol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mha_matches_per_head_numpy(self):
+        mha = A.multi_head_attention(num_heads=2, qkv_size=8, out_size=7)
+        params = mha.init(jax.random.key(0), query_size=6, key_size=5, value_size=3)
+        q, k, v = randn(10, (B, TQ, 6)), randn(11, (B, TK, 5)), randn(12, (B, TK, 3))
+        mask = A.padding_mask(jnp.array([5, 3]), TK)
+        out = self.variant(mha.apply)(params, q, k, v, mask=mask)
+        chex.assert_shape(out, (B, TQ, 7))
+        want = _numpy_mha(params, q, k, v, mask)
+        chex.assert_trees_all_close(out, jnp.asarray(want, jnp.float32), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- properties (hypothesis)
+
+
+@functools.lru_cache(maxsize=None)
+def _causal_grads(implementation):
+    """d sum(out[:, i] * w) / d (q, k, v) under the causal mask, jitted once per path (i traced)."""
+    def loss(q, k, v, w, i):
+        out = A.scaled_dot_product_attention(q, k, v, mask=A.causal_mask(q.shape[1]),
+                                             implementation=implementation)
+        return jnp.sum(jax.lax.dynamic_index_in_dim(out, i, axis=1, keepdims=False) * w)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@settings(max_examples=max(3, settings.default.max_examples // 2))          # per implementation
+@given(batch=st.sampled_from([2, 1]), steps=st.sampled_from([6, 3, 1]), heads=st.sampled_from([2, 1]),
+       seed=st.integers(0, 2 ** 16), data=st.data())
+def test_property_causal_attention_gets_no_gradient_from_the_future(implementation, batch, steps, heads, seed, data):
+    """Under ``causal_mask``, output i has exactly zero gradient w.r.t. keys and values at j > i
+    and w.r.t. every other query, and a non-zero one w.r.t. the values at j <= i."""
+    i = data.draw(st.integers(0, steps - 1), label="i")
+    q, k, v = (randn(seed + n, (batch, steps, heads, K)) for n in range(3))
+    gq, gk, gv = (np.asarray(g) for g in _causal_grads(implementation)(q, k, v, randn(seed + 3, (batch, heads, K)), i))
+    np.testing.assert_array_equal(gk[:, i + 1:], 0.0)
+    np.testing.assert_array_equal(gv[:, i + 1:], 0.0)
+    np.testing.assert_array_equal(np.delete(gq, i, axis=1), 0.0)
+    assert (np.abs(gv[:, :i + 1]).sum(axis=(0, 2, 3)) > 0).all()

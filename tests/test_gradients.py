@@ -1,13 +1,19 @@
-"""seqjax.gradients: analytic oracles in float64, jacrev references, causality, bad input."""
+"""seqjax.gradients: analytic oracles in float64, jacrev references, causality, bad input, and NaN/Inf
+in padding never reaching the state gradients (hypothesis)."""
 
 import functools
 import gc
 import weakref
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import draw_lengths, poison_padding, randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.flatten_util import ravel_pytree
 
 from seqjax import cells, recurrent
 from seqjax import gradients as G
@@ -258,17 +264,17 @@ def test_output_gradient_is_only_the_explicit_part(x64):
 def _composed_jacobian_norms(cell, params, xs):
     """Reference: materialise dh_T/dh_t with jax.jacrev of the composed steps (Python loop), take ord-2 norms."""
     B, T = xs.shape[:2]
-    like = cell.initial_carry((), xs.dtype)
+    _, unravel = ravel_pytree(cell.initial_carry((), xs.dtype))    # one example's carry <-> a vector (n,)
     carry, states = cell.initial_carry((B,), xs.dtype), []
     for t in range(T):
         carry, _ = cell.step(params, carry, xs[:, t])
-        states.append(G._flatten_carry(carry))
+        states.append(jax.vmap(lambda c: ravel_pytree(c)[0])(carry))   # (B, n)
 
     def compose(z, x_rest):                    # flat state after step t -> flat final state
-        c = G._unflatten_carry(z, like)
+        c = unravel(z)
         for u in range(x_rest.shape[0]):
             c, _ = cell.step(params, c, x_rest[u])
-        return G._flatten_carry(c)
+        return ravel_pytree(c)[0]
 
     norms = []
     for t in range(T):
@@ -446,3 +452,44 @@ def test_bad_inputs_raise_clear_errors():
         G.input_gradient_norms(lambda x: x, xs, position=0, loss_fn=lambda y: y)
     with pytest.raises(ValueError, match=r"num_iters must be >= 1"):
         G.jacobian_norms(cell, params, xs, method="power", num_iters=0)
+
+
+# ----------------------------------------------------------------------------- properties (hypothesis)
+
+
+def _weighted_tanh_loss(ys):
+    """A loss on every step's output (module level: a static argument of the jitted analysis)."""
+    return jnp.sum(jnp.linspace(0.5, 2.0, ys.shape[1])[None, :, None] * jnp.tanh(ys))
+
+
+
+@functools.lru_cache(maxsize=None)
+def _analysed(name, kind, fused):
+    """A cell (kind "cell") or a layer ("L1", "L2", "L2bi", with ``fused``), built once (compiled once)."""
+    cell = cells.make(name, 4)
+    if kind == "cell":
+        return cell
+    return recurrent.layer(cell, num_layers=1 if kind == "L1" else 2, bidirectional=kind == "L2bi",
+                           fused_backward=fused)
+
+
+@pytest.mark.parametrize("kind", ["cell", "L1", "L2", "L2bi"])           # the analysis paths, swept
+@settings(max_examples=max(3, settings.default.max_examples // 3))          # per path
+@given(name=st.sampled_from(cells.CELL_NAMES), fused=st.booleans(), bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+       seed=st.integers(0, 2 ** 16), data=st.data())
+def test_property_state_gradients_ignore_nan_or_inf_in_padding(kind, name, fused, bad, seed, data):
+    """NaN or Inf at random padded entries of xs: the state gradients equal a clean run's (so
+    they are finite) and are exactly zero at padded steps, for cells and layers alike."""
+    B, T, E = 3, 5, 2
+    fused = fused and kind != "cell" and cells.make(name, 4).pointwise_backward is not None
+    target = _analysed(name, kind, fused)
+    params = target.init(jax.random.key(seed % 3), E)
+    lengths = draw_lengths(data, B, T, padded_row=True)
+    clean = randn(seed, (B, T, E))
+    poisoned, padded = poison_padding(data, clean, lengths, bad)
+    want = _sg(target, params, clean, _weighted_tanh_loss, lengths=jnp.asarray(lengths))
+    got = _sg(target, params, poisoned, _weighted_tanh_loss, lengths=jnp.asarray(lengths))
+    for leaf in jax.tree.leaves(got):
+        assert np.isfinite(np.asarray(leaf)).all()
+        np.testing.assert_array_equal(np.asarray(leaf)[padded], 0.0)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)

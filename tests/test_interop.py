@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from seqjax import cells, interop, recurrent
 
@@ -12,10 +13,6 @@ torch = pytest.importorskip("torch", reason="PyTorch parity needs the torch extr
 
 E, H, B, T = 4, 6, 4, 7
 LENGTHS = np.array([5, 7, 1, 3])        # unsorted, with a length-1 sequence
-
-
-def _close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 
 CONFIGS = [
@@ -76,12 +73,12 @@ def test_torch_parity(kind, kwargs, batch_first, use_lengths, with_h0):
     got_out, got_final = layer.apply(params, jnp.asarray(x),
                                      lengths=None if lengths is None else jnp.asarray(lengths),
                                      initial_carry=carry0)
-    _close(got_out, want_out)
+    assert_close(got_out, want_out)
     if kind == "LSTM":
-        _close(got_final.h, want_final[0].numpy())
-        _close(got_final.c, want_final[1].numpy())
+        assert_close(got_final.h, want_final[0].numpy())
+        assert_close(got_final.c, want_final[1].numpy())
     else:
-        _close(got_final, want_final.numpy())
+        assert_close(got_final, want_final.numpy())
 
 
 def test_torch_gradients_match():
@@ -93,8 +90,9 @@ def test_torch_gradients_match():
     out, _ = module(torch.tensor(x))
     (out ** 2).sum().backward()
     grads = jax.grad(lambda p: jnp.sum(layer.apply(p, jnp.asarray(x))[0] ** 2))(params)
-    _close(grads["layers"][1]["backward"]["w_hh"], module.weight_hh_l1_reverse.grad.numpy().T, rtol=1e-4, atol=1e-5)
-    _close(grads["layers"][0]["forward"]["b_ih"], module.bias_ih_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
+    assert_close(grads["layers"][1]["backward"]["w_hh"], module.weight_hh_l1_reverse.grad.numpy().T,
+                 rtol=1e-4, atol=1e-5)
+    assert_close(grads["layers"][0]["forward"]["b_ih"], module.bias_ih_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_torch_dropout_rate_is_carried_over():
@@ -126,13 +124,13 @@ def test_flax_cell_parity(kind, flax_cls, make):
     params = interop.flax_cell_params(flax_params["params"]["cell"], kind)
     cell = make(H)
     _, got = recurrent.unroll(cell.step, params, cell.initial_carry((B,)), x)
-    _close(got, want)
+    assert_close(got, want)
     # and the carry order: Flax's LSTM carry is (c, h), seqjax's LSTMState(h, c)
     if kind == "lstm":
         (c, h), _ = nn.RNN(flax_cls(features=H), return_carry=True).apply(flax_params, x)
         final, _ = recurrent.unroll(cell.step, params, cell.initial_carry((B,)), x)
-        _close(final.h, h)
-        _close(final.c, c)
+        assert_close(final.h, h)
+        assert_close(final.c, c)
 
 
 def test_flax_adapter_in_a_linen_model():
@@ -153,7 +151,7 @@ def test_flax_adapter_in_a_linen_model():
     logits = model.apply(variables, x, lengths)
     _, final = seq_layer.apply(inner, x, lengths=lengths)
     dense = variables["params"]["Dense_0"]
-    _close(logits, final.h[-1] @ dense["kernel"] + dense["bias"])
+    assert_close(logits, final.h[-1] @ dense["kernel"] + dense["bias"])
     grads = jax.grad(lambda v: jnp.sum(model.apply(v, x, lengths) ** 2))(variables)
     assert float(jnp.abs(grads["params"]["encoder"]["params"]["layers"][0]["forward"]["w_hh"]).sum()) > 0
 

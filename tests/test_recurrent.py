@@ -1,12 +1,19 @@
-"""The cells and the unroll: scan == loop, jit == no jit, batched == per example,
-padding invariance through gradients, dtypes, dropout and every bad input."""
+"""seqjax.recurrent: the unroll and the layers: scan == loop, jit == no jit, batched == per
+example, padding invariance through gradients, NaN-proof padding, dtypes, dropout, the
+perturbation hook and every bad input; properties over random shapes, lengths and cells
+(hypothesis). The cells themselves are tested in test_cells.py."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from conftest import assert_close, draw_lengths, poison_padding, randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqjax import cells, layers, recurrent
 
@@ -22,13 +29,7 @@ LENGTHS = np.array([6, 1, 3, 5])
 
 
 def _inputs(seed=0, shape=(B, T, E)):
-    return jax.random.normal(jax.random.key(seed), shape)
-
-
-def _close(a, b, **kw):
-    kw.setdefault("rtol", 1e-5)
-    kw.setdefault("atol", 1e-6)
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw), a, b)
+    return randn(seed, shape)
 
 
 @pytest.mark.parametrize("name", CELLS)
@@ -41,7 +42,7 @@ def test_scan_equals_python_loop(name, reverse, lengths):
     xs = _inputs()
     got = recurrent.unroll(cell.step, params, carry, xs, lengths=lengths, reverse=reverse)
     want = recurrent.static_unroll(cell.step, params, carry, xs, lengths=lengths, reverse=reverse)
-    _close(got, want)
+    assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", CELLS)
@@ -52,70 +53,8 @@ def test_time_major_matches_batch_major(name):
     c_bm, y_bm = recurrent.unroll(cell.step, params, cell.initial_carry((B,)), xs, lengths=LENGTHS)
     c_tm, y_tm = recurrent.unroll(cell.step, params, cell.initial_carry((B,)), jnp.swapaxes(xs, 0, 1),
                                   lengths=LENGTHS, time_major=True)
-    _close(c_bm, c_tm)
-    _close(y_bm, jnp.swapaxes(y_tm, 0, 1))
-
-
-@pytest.mark.parametrize("name", CELLS)
-def test_step_equations_against_numpy(name):
-    """Each cell's step written out by hand in NumPy from its docstring equations."""
-    cell = CELLS[name]
-    p = {k: np.asarray(v, np.float64) for k, v in cell.init(jax.random.key(2), E).items()}
-    x = np.asarray(_inputs(3, (B, E)), np.float64)
-    h = np.asarray(_inputs(4, (B, H)), np.float64)
-    c = np.asarray(_inputs(5, (B, H)), np.float64)
-    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
-    xp, hp = x @ p["w_ih"] + p["b_ih"], h @ p["w_hh"] + p["b_hh"]
-    if name == "lstm":
-        i, f, g, o = np.split(xp + hp, 4, axis=-1)
-        c_new = sig(f) * c + sig(i) * np.tanh(g)
-        want = (sig(o) * np.tanh(c_new), c_new)
-        carry, y = cell.step(cell_params(p), cells.LSTMState(jnp.asarray(h, jnp.float32), jnp.asarray(c, jnp.float32)),
-                             jnp.asarray(x, jnp.float32))
-        _close((carry.h, carry.c), want, rtol=1e-5, atol=1e-5)
-        _close(y, want[0], rtol=1e-5, atol=1e-5)
-        return
-    if name == "gru":
-        (a_r, a_z, a_n), (u_r, u_z, u_n) = np.split(xp, 3, -1), np.split(hp, 3, -1)
-        r, z = sig(a_r + u_r), sig(a_z + u_z)
-        n = np.tanh(a_n + r * u_n)
-        want = (1 - z) * n + z * h
-    else:
-        act = {"rnn_tanh": np.tanh, "rnn_relu": lambda a: np.maximum(a, 0), "rnn_linear": lambda a: a}[name]
-        want = act(xp + hp)
-    carry, y = cell.step(cell_params(p), jnp.asarray(h, jnp.float32), jnp.asarray(x, jnp.float32))
-    _close(carry, want, rtol=1e-5, atol=1e-5)
-    _close(y, want, rtol=1e-5, atol=1e-5)
-
-
-def cell_params(p):
-    return {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
-
-
-def test_lstm_forget_bias_and_default_init():
-    H_big = 64
-    default = cells.lstm(H_big).init(jax.random.key(0), 7)
-    bound = 1 / np.sqrt(H_big)
-    for leaf in jax.tree.leaves(default):
-        assert float(jnp.abs(leaf).max()) <= bound
-    shifted = cells.lstm(H_big, forget_bias=1.0).init(jax.random.key(0), 7)
-    delta = np.asarray(shifted["b_ih"] - default["b_ih"])
-    np.testing.assert_allclose(delta[H_big:2 * H_big], 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(np.delete(delta, np.s_[H_big:2 * H_big]), 0.0)
-
-
-@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "gru"])
-def test_any_batch_shape(name):
-    cell = CELLS[name]
-    params = cell.init(jax.random.key(0), E)
-    x = _inputs(1, (2, 3, E))
-    carry, y = cell.step(params, cell.initial_carry((2, 3)), x)
-    assert y.shape == (2, 3, H)
-    flat_carry, flat_y = cell.step(params, cell.initial_carry((6,)), x.reshape(6, E))
-    _close(y.reshape(6, H), flat_y)
-    scalar_carry, scalar_y = cell.step(params, cell.initial_carry(()), x[0, 0])
-    assert scalar_y.shape == (H,)
-    _close(scalar_y, y[0, 0])
+    assert_close(c_bm, c_tm)
+    assert_close(y_bm, jnp.swapaxes(y_tm, 0, 1))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -126,18 +65,18 @@ LAYERS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_apply(key):
-    return jax.jit(LAYERS[key].apply)
+class LayerVariantsTest(chex.TestCase):
+    """Every layer configuration, with and without jit (chex variants), equals the Python-loop reference."""
 
-
-@pytest.mark.parametrize("key", list(LAYERS), ids=str)
-def test_layer_jit_equals_no_jit(key):
-    layer = LAYERS[key]
-    params = layer.init(jax.random.key(0), E)
-    x = _inputs()
-    lengths = jnp.asarray(LENGTHS)
-    _close(_jitted_apply(key)(params, x, lengths=lengths), layer.apply(params, x, lengths=lengths))
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*LAYERS)
+    def test_layer_equals_loop_reference(self, name, num_layers, bidirectional):
+        layer = LAYERS[(name, num_layers, bidirectional)]
+        params = layer.init(jax.random.key(0), E)
+        x, lengths = _inputs(), jnp.asarray(LENGTHS)
+        got = self.variant(layer.apply)(params, x, lengths=lengths)
+        chex.assert_shape(got[0], (B, T, layer.config.num_directions * H))
+        assert_close(got, _loop_reference(layer, params, x, lengths))
 
 
 @pytest.mark.parametrize("key", [k for k in LAYERS if k[1] == 2], ids=str)
@@ -151,9 +90,9 @@ def test_layer_batched_equals_per_example_truncated(key):
     for b, n in enumerate(LENGTHS):
         carry_b = jax.tree.map(lambda a: a[:, b:b + 1], carry0)
         out_b, final_b = layer.apply(params, x[b:b + 1, :n], initial_carry=carry_b)
-        _close(outputs[b, :n], out_b[0])
+        assert_close(outputs[b, :n], out_b[0])
         np.testing.assert_array_equal(np.asarray(outputs[b, n:]), 0.0)
-        _close(jax.tree.map(lambda a: a[:, b], final), jax.tree.map(lambda a: a[:, 0], final_b))
+        assert_close(jax.tree.map(lambda a: a[:, b], final), jax.tree.map(lambda a: a[:, 0], final_b))
 
 
 @pytest.mark.parametrize("key", [k for k in LAYERS if k[1] == 2 and k[2]], ids=str)
@@ -174,7 +113,7 @@ def test_padding_gets_exactly_zero_gradient(key):
     assert np.all(np.abs(grad[~pad]).sum(-1) > 0)        # valid steps do receive gradient
     # and the padded values themselves cannot change any output
     x_noise = jnp.where(pad[..., None], 1e3 * _inputs(3), x)
-    _close(layer.apply(params, x_noise, lengths=lengths), layer.apply(params, x, lengths=lengths))
+    assert_close(layer.apply(params, x_noise, lengths=lengths), layer.apply(params, x, lengths=lengths))
 
 
 def test_layer_shapes_and_final_layout():
@@ -185,8 +124,8 @@ def test_layer_shapes_and_final_layout():
     assert isinstance(final, cells.LSTMState)
     assert final.h.shape == final.c.shape == (6, B, H)
     # the top layer's forward final h is its output at the last step; backward's at step 0
-    _close(final.h[4], outputs[:, -1, :H])
-    _close(final.h[5], outputs[:, 0, H:])
+    assert_close(final.h[4], outputs[:, -1, :H])
+    assert_close(final.h[5], outputs[:, 0, H:])
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
@@ -195,9 +134,10 @@ def test_dtypes(dtype):
     params = layer.init(jax.random.key(0), E, dtype)
     outputs, final = layer.apply(params, _inputs().astype(dtype), lengths=jnp.asarray(LENGTHS))
     assert outputs.dtype == dtype and final.dtype == dtype
-    ref, _ = layer.apply(jax.tree.map(lambda a: a.astype(jnp.float32), params), _inputs().astype(dtype).astype(jnp.float32),
+    ref, _ = layer.apply(jax.tree.map(lambda a: a.astype(jnp.float32), params),
+                         _inputs().astype(dtype).astype(jnp.float32),
                          lengths=jnp.asarray(LENGTHS))
-    _close(outputs.astype(jnp.float32), ref, rtol=5e-2, atol=5e-2)
+    assert_close(outputs.astype(jnp.float32), ref, rtol=5e-2, atol=5e-2)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -210,7 +150,7 @@ def test_mixed_precision_bfloat16_inputs_float32_params(fused):
     outputs, final = layer.apply(params, x16, lengths=jnp.asarray(LENGTHS))
     assert outputs.dtype == final.h.dtype == jnp.float32
     ref = layer.apply(params, x16.astype(jnp.float32), lengths=jnp.asarray(LENGTHS))
-    _close((outputs, final), ref)
+    assert_close((outputs, final), ref)
     grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x16)[0] ** 2))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
@@ -228,20 +168,20 @@ def test_dropout_between_layers():
     params = layer.init(jax.random.key(0), E)
     x = _inputs()
     plain = recurrent.layer(cells.lstm(H), num_layers=2).apply(params, x)
-    _close(layer.apply(params, x), plain)
-    _close(layer.apply(params, x, dropout_key=None), plain)
+    assert_close(layer.apply(params, x), plain)
+    assert_close(layer.apply(params, x, dropout_key=None), plain)
     a = layer.apply(params, x, dropout_key=jax.random.key(1))
     b = layer.apply(params, x, dropout_key=jax.random.key(2))
     assert not np.allclose(a[0], plain[0]) and not np.allclose(a[0], b[0])
-    _close(layer.apply(params, x, dropout_key=jax.random.key(1)), a)      # same key, same mask
+    assert_close(layer.apply(params, x, dropout_key=jax.random.key(1)), a)      # same key, same mask
     # dropout never touches the first layer's states (it acts between layers)
-    _close(a[1].h[0], plain[1].h[0])
+    assert_close(a[1].h[0], plain[1].h[0])
     # it is layers.dropout with the key folded with the layer index
     h0 = recurrent.layer(cells.lstm(H)).apply({"layers": params["layers"][:1]}, x)[0]
     top = recurrent.layer(cells.lstm(H)).apply(
         {"layers": [{"forward": params["layers"][1]["forward"]}]},
         layers.dropout(h0, 0.5, jax.random.fold_in(jax.random.key(1), 0)))
-    _close(a[0], top[0])
+    assert_close(a[0], top[0])
     with pytest.raises(TypeError, match="dropout_key must be a jax PRNG key"):
         layer.apply(params, x, dropout_key=1)
 
@@ -249,9 +189,10 @@ def test_dropout_between_layers():
 # ----------------------------------------------------------------------------- perturbation hook
 
 
-def _perturbed_reference(layer, params, x, eps, lengths):
+def _loop_reference(layer, params, x, lengths, eps=None):
     """apply(..., perturbations=eps) as a Python loop: each (layer, direction) adds eps[:, t]
-    to its carry after valid step t; padded steps keep the carry and output zero."""
+    to its carry after valid step t (eps None: nothing); padded steps keep the carry and
+    output zero."""
     cfg = layer.config
     cell, h = cfg.cell, x
     finals = []
@@ -259,10 +200,12 @@ def _perturbed_reference(layer, params, x, eps, lengths):
         outs = []
         for d in cfg.directions:
             carry = cell.initial_carry((x.shape[0],))
-            ys = [None] * T
-            for t in (range(T) if d == "forward" else reversed(range(T))):
+            steps = range(x.shape[1])
+            ys = [None] * len(steps)
+            for t in (steps if d == "forward" else reversed(steps)):
                 new, _ = cell.step(params["layers"][k][d], carry, h[:, t])
-                new = jax.tree.map(lambda a, e: a + e[:, t], new, eps[k][d])
+                if eps is not None:
+                    new = jax.tree.map(lambda a, e: a + e[:, t], new, eps[k][d])
                 valid = (t < lengths)[:, None]
                 carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, carry)
                 ys[t] = jnp.where(valid, cell.output(carry), 0.0)
@@ -285,10 +228,10 @@ def test_perturbations_add_to_every_carry(name, fused):
     params = layer.init(jax.random.key(0), E)
     x, lengths = _inputs(), jnp.asarray(LENGTHS)
     zeros = _perturbations(layer, 0, scale=0.0)
-    _close(layer.apply(params, x, lengths=lengths, perturbations=zeros), layer.apply(params, x, lengths=lengths))
+    assert_close(layer.apply(params, x, lengths=lengths, perturbations=zeros), layer.apply(params, x, lengths=lengths))
     eps = _perturbations(layer, 20, scale=0.1)
-    _close(layer.apply(params, x, lengths=lengths, perturbations=eps),
-           _perturbed_reference(layer, params, x, eps, lengths))
+    assert_close(layer.apply(params, x, lengths=lengths, perturbations=eps),
+           _loop_reference(layer, params, x, lengths, eps))
 
 
 def test_perturbation_gradients_with_fused_backward_equal_autodiff():
@@ -303,7 +246,7 @@ def test_perturbation_gradients_with_fused_backward_equal_autodiff():
                                                           perturbations=e)[0]))
         return jax.grad(loss, argnums=(0, 1))(params, eps)
     want, got = grads(ref), grads(fused)
-    _close(got, want)
+    assert_close(got, want)
     assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(want[1]))
 
 
@@ -328,7 +271,7 @@ def test_perturbed_step_is_cached_per_cell_and_is_the_step_at_zero():
     assert recurrent.perturbed_step(cell) is recurrent.perturbed_step(cell)
     params = cell.init(jax.random.key(0), E)
     carry, x = _inputs(1, (B, H)), _inputs(2, (B, E))
-    _close(recurrent.perturbed_step(cell)(params, carry, (x, jnp.zeros((B, H)))), cell.step(params, carry, x))
+    assert_close(recurrent.perturbed_step(cell)(params, carry, (x, jnp.zeros((B, H)))), cell.step(params, carry, x))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -364,25 +307,192 @@ def test_lengths_shape_is_checked_under_jit():
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: cells.simple_rnn(4, "softplus"), ValueError, "activation must be one of"),
-    (lambda: cells.make("lstmm", 4), ValueError, "cell name must be one of"),
-    (lambda: cells.lstm(0), ValueError, "hidden_size must be >= 1"),
-    (lambda: cells.gru(2.5), TypeError, "hidden_size must be an int"),
     (lambda: recurrent.layer(cells.gru(4), num_layers=0), ValueError, "num_layers must be >= 1"),
     (lambda: recurrent.layer(cells.gru(4), num_layers=2.0), TypeError, "num_layers must be an int >= 1"),
     (lambda: recurrent.layer(cells.gru(4), dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
     (lambda: recurrent.layer(cells.gru(4), dropout=-0.1), ValueError, r"dropout must be a finite number >= 0"),
     (lambda: recurrent.layer(cells.gru(4), bidirectional="yes"), TypeError, "bidirectional must be a bool"),
     (lambda: recurrent.layer("gru"), TypeError, "cell must be a seqjax.cells.Cell"),
-    (lambda: cells.gru(4).init(jax.random.key(0), 0), ValueError, "input_size must be >= 1"),
-    (lambda: cells.gru(4).init(jax.random.key(0), 3, jnp.int32), TypeError, "dtype must be a floating"),
 ])
 def test_bad_construction(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
 
 
-def test_make_by_name():
-    assert cells.make("rnn_relu", 3).name == "rnn_relu"
-    assert cells.make("rnn", 3, activation="linear").name == "rnn_linear"
-    assert cells.make("gru", 3).hidden_size == 3
+# ----------------------------------------------------------------------------- properties (hypothesis)
+# Shapes come from short lists: every new (cell, shape) compiles, so a few shapes keep this fast.
+
+_CELL_NAMES = st.sampled_from(cells.CELL_NAMES)
+_SEEDS = st.integers(0, 2 ** 16)
+_PER_PATH = settings(max_examples=max(3, settings.default.max_examples // 3))      # per pytest case
+
+
+@functools.lru_cache(maxsize=None)
+def _cell(name):
+    return cells.make(name, H)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_unroll(step, reverse, time_major, remat):
+    return jax.jit(lambda p, c, xs, lengths: recurrent.unroll(step, p, c, xs, lengths=lengths, reverse=reverse,
+                                                            time_major=time_major, remat=remat))
+
+
+# The switches that pick code paths (reverse; remat's segmented scan) are swept by pytest, so that
+# every path runs on every run; hypothesis draws the rest, half the profile's examples per case
+# (this test is cheap). Every T but 1 is odd: remat's K = 2 leaves a part segment of masked
+# padding steps. Choices are listed most telling first: hypothesis starts from the first.
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("remat", [None, 2], ids=["scan", "remat2"])
+@settings(max_examples=max(3, settings.default.max_examples // 2))
+@given(name=_CELL_NAMES, shape=st.sampled_from([(3, 5), (1, 7), (3, 3), (1, 1)]), time_major=st.booleans(),
+       use_lengths=st.sampled_from([True, False]), jit=st.booleans(), seed=_SEEDS, data=st.data())
+def test_property_scan_equals_python_loop(reverse, remat, name, shape, time_major, use_lengths, jit, seed, data):
+    """``unroll`` (lax.scan, under jit or not, rematerialised in segments or not) == ``static_unroll``
+    (a Python loop), for any cell, batch, length, direction, layout and initial carry."""
+    (batch, steps), cell = shape, _cell(name)
+    params = cell.init(jax.random.key(seed % 3), E)
+    carry = jax.tree.map(lambda a: randn(seed + 1, a.shape), cell.initial_carry((batch,)))
+    xs = randn(seed, (steps, batch, E) if time_major else (batch, steps, E))
+    lengths = jnp.asarray(draw_lengths(data, batch, steps)) if use_lengths else None
+    if jit:
+        got = _jit_unroll(cell.step, reverse, time_major, remat)(params, carry, xs, lengths)
+    else:
+        got = recurrent.unroll(cell.step, params, carry, xs, lengths=lengths, reverse=reverse,
+                               time_major=time_major, remat=remat)
+    want = recurrent.static_unroll(cell.step, params, carry, xs, lengths=lengths, reverse=reverse,
+                                   time_major=time_major)
+    assert_close(got, want)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer(name, num_layers, bidirectional, fused):
+    """A layer and its jitted apply, built once per configuration (one compilation per shape)."""
+    layer = recurrent.layer(_cell(name), num_layers=num_layers, bidirectional=bidirectional,
+                            fused_backward=fused)
+    return layer, jax.jit(layer.apply)
+
+
+# bidirectional and fused_backward pick code paths: swept by pytest, as above.
+_PATHS = pytest.mark.parametrize("bidirectional,fused", [(False, False), (True, False), (False, True), (True, True)],
+                                 ids=["uni", "bidi", "uni-fused", "bidi-fused"])
+_FUSABLE = tuple(n for n in cells.CELL_NAMES if _cell(n).pointwise_backward is not None)
+
+
+def _draw_cell(data, fused):
+    """A cell name of the registry (fused_backward=True: one with a hand-written backward)."""
+    return data.draw(st.sampled_from(_FUSABLE if fused else cells.CELL_NAMES), label="cell")
+
+
+_BATCH_SHAPES = st.tuples(st.sampled_from([1, 3]), st.sampled_from([2, 5]))           # (B, T)
+
+
+@_PATHS
+@_PER_PATH
+@given(num_layers=st.sampled_from([1, 2]), shapes=st.tuples(_BATCH_SHAPES, _BATCH_SHAPES), seed=_SEEDS,
+       data=st.data())
+def test_property_padding_and_batch_invariance(bidirectional, fused, num_layers, shapes, seed, data):
+    """A sequence of length n, placed at a random row of two batches of random sizes and padded
+    lengths, with different companions, padding (random, up to 1e3) and lengths: its valid
+    outputs and final state are the same in both, and its padded outputs are exactly zero."""
+    layer, apply = _layer(_draw_cell(data, fused), num_layers, bidirectional, fused)
+    params = layer.init(jax.random.key(seed % 3), E)
+    n = data.draw(st.integers(1, min(steps for _, steps in shapes)), label="n")
+    sequence = randn(seed, (n, E))
+    carry_row = jax.tree.map(lambda a: randn(seed + 1, a.shape[:1] + a.shape[2:]), layer.initial_carry(1))
+    runs = []
+    for k, (batch, steps) in enumerate(shapes):
+        row = data.draw(st.integers(0, batch - 1), label=f"row in batch {k}")
+        lengths = draw_lengths(data, batch, steps)
+        lengths[row] = n
+        x = np.array(randn(seed + 10 * k + 2, (batch, steps, E)))
+        x[row, :n] = sequence
+        x[row, n:] = 1e3 * np.asarray(randn(seed + 10 * k + 3, (steps - n, E)))       # loud padding
+        carry = jax.tree.map(lambda a, r: jnp.asarray(randn(seed + 10 * k + 4, a.shape)).at[:, row].set(r),
+                             layer.initial_carry(batch), carry_row)
+        outputs, final = apply(params, jnp.asarray(x), lengths=jnp.asarray(lengths), initial_carry=carry)
+        np.testing.assert_array_equal(np.asarray(outputs[row, n:]), 0.0)
+        runs.append((outputs[row, :n], jax.tree.map(lambda a: a[:, row], final)))
+    assert_close(runs[0], runs[1])
+
+
+_BAD_VALUES = st.sampled_from([np.nan, np.inf, -np.inf])
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_value_and_grad(name, num_layers, bidirectional, fused):
+    layer, _ = _layer(name, num_layers, bidirectional, fused)
+
+    def loss(params, x, lengths, weights):
+        outputs, final = layer.apply(params, x, lengths=lengths)
+        return jnp.sum(outputs * weights) + sum(jnp.sum(jnp.sin(f)) for f in jax.tree.leaves(final)), (outputs, final)
+    return layer, jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+@_PATHS
+@_PER_PATH
+@given(num_layers=st.sampled_from([1, 2]), bad=_BAD_VALUES, seed=_SEEDS, data=st.data())
+def test_property_nan_or_inf_in_padding_reaches_no_output_or_gradient(bidirectional, fused, num_layers, bad, seed,
+                                                                      data):
+    """NaN or Inf at random padded entries of x: outputs, final state, every parameter's gradient
+    and the input gradient equal a clean run's (so all finite), and padded inputs get exactly zero."""
+    batch, steps = 3, 5
+    layer, value_and_grad = _layer_value_and_grad(_draw_cell(data, fused), num_layers, bidirectional, fused)
+    params = layer.init(jax.random.key(seed % 3), E)
+    lengths = draw_lengths(data, batch, steps, padded_row=True)
+    clean = randn(seed, (batch, steps, E))
+    poisoned, padded = poison_padding(data, clean, lengths, bad)
+    weights = randn(seed + 1, (batch, steps, layer.config.num_directions * H))
+    (loss_c, out_c), (gp_c, gx_c) = value_and_grad(params, clean, jnp.asarray(lengths), weights)
+    (loss_p, out_p), (gp_p, gx_p) = value_and_grad(params, poisoned, jnp.asarray(lengths), weights)
+    assert np.isfinite(float(loss_p))
+    assert_close(out_p, out_c)
+    for leaf in jax.tree.leaves(gp_p):
+        assert np.isfinite(np.asarray(leaf)).all()
+    assert_close(gp_p, gp_c, rtol=1e-5, atol=1e-5)
+    gx_p, gx_c = np.asarray(gx_p), np.asarray(gx_c)
+    assert np.isfinite(gx_p[~padded]).all()
+    assert_close(gx_p[~padded], gx_c[~padded], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(gx_p[padded], 0.0)
+
+
+# ----------------------------------------------------------------------------- remat
+
+
+@pytest.mark.parametrize("K", [1, 4, 7, 23, 40])
+def test_remat_gives_the_same_values_and_gradients(K):
+    """Segments of K steps under jax.checkpoint (K dividing T or not, K >= T) change nothing."""
+    x = randn(11, (3, 23, 4))
+    lengths = jnp.array([23, 7, 15])
+    plain = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True)
+    remat = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True, remat=K)
+    params = plain.init(jax.random.key(0), 4)
+
+    def loss(layer):
+        def f(p, x):
+            ys, final = layer.apply(p, x, lengths=lengths)
+            return jnp.sum(ys ** 2) + sum(jnp.sum(a ** 2) for a in jax.tree.leaves(final))
+        return jax.value_and_grad(f, argnums=(0, 1))
+    (v0, g0), (v1, g1) = loss(plain)(params, x), loss(remat)(params, x)
+    np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_bounds_gradient_memory():
+    """XLA's own accounting of the compiled gradient: O(T/K + K) states instead of O(T)."""
+    T, B, E, H = 4096, 8, 16, 32
+    x = jax.ShapeDtypeStruct((B, T, E), jnp.float32)
+
+    def temp_bytes(remat):
+        layer = recurrent.layer(cells.lstm(H), remat=remat)
+        p = jax.eval_shape(lambda: layer.init(jax.random.key(0), E))
+        f = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x)[0] ** 2)))
+        return f.lower(p, x).compile().memory_analysis().temp_size_in_bytes
+    assert temp_bytes(64) < 0.35 * temp_bytes(None)
+
+
+def test_remat_is_refused_with_the_fused_backward_and_checked():
+    with pytest.raises(ValueError, match="remat and fused_backward=True cannot be combined"):
+        recurrent.layer(cells.lstm(4), remat=8, fused_backward=True)
+    with pytest.raises(ValueError, match="remat must be >= 1"):
+        recurrent.layer(cells.lstm(4), remat=0)

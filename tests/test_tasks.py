@@ -2,6 +2,7 @@
 
 import datetime
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,10 +11,6 @@ import pytest
 from seqjax import tasks
 
 KEY = jax.random.key(0)
-
-
-def _equal_trees(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -26,8 +23,9 @@ def test_deterministic_under_key(name, kwargs):
     a = sample(KEY, 8, **kwargs)
     b = sample(KEY, 8, **kwargs)
     c = sample(jax.random.key(1), 8, **kwargs)
-    assert _equal_trees(a, b)
-    assert not _equal_trees(a, c)
+    chex.assert_trees_all_equal(a, b)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(a, c)
 
 
 def test_adding_definition_and_baseline():

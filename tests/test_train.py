@@ -1,46 +1,22 @@
-"""Training: optimisers, the pure step, optax clipping, gradient metrics, truncated BPTT;
-the loop (fit: resume, NaN guard, checkpoints) through ``seqjax.train``'s re-exports; models."""
+"""seqjax.train: optimisers, the pure step, optax clipping, gradient metrics, truncated BPTT,
+and the lazy re-export of the loop (the loop itself is tested in test_loop.py)."""
 
 import functools
-import json
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import parity_setup
 
 from seqjax import cells, layers, loop, losses, models, recurrent, tasks, train
 
 KEY = jax.random.key(0)
-DATA_KEY = jax.random.key(7)
 
 # one tiny many-to-many model shared by every test (compiled once per process)
-MODEL = models.sequence_model(models.SequenceModelConfig(
-    cell="gru", hidden_size=8, output_size=2, input_size=1, readout="all"))
-
-
-def parity_loss(params, batch, key):
-    logits = MODEL.apply(params, batch.x, dropout_key=key)
-    return losses.cross_entropy(logits, batch.y), {"accuracy": losses.accuracy(logits, batch.y)}
-
-
-def parity_data(step):
-    return tasks.running_parity(jax.random.fold_in(DATA_KEY, step), 8, length=6)
-
-
-TRAINER = train.trainer(parity_loss, train.make_optimizer("adam", 2e-2), clip_norm=1.0)
+MODEL, parity_loss, parity_data, TRAINER, fresh_state = parity_setup()
 STEP = jax.jit(TRAINER.train_step)
-
-
-def fresh_state():
-    return TRAINER.init(MODEL.init(KEY), jax.random.key(1))
-
-
-def leaves_equal(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 # ----------------------------------------------------------------------------- optimisers
@@ -248,149 +224,3 @@ def test_truncated_bptt_stops_gradients_at_chunk_boundaries():
     tb3 = train.truncated_bptt(_chunk_loss, optax.sgd(1.0), chunk_length=3, initial_carry=_zeros_carry)
     with pytest.raises(ValueError, match="T = 8 must be a multiple of chunk_length = 3"):
         tb3.train_step(tb3.init(params, KEY), batch)
-
-
-# ----------------------------------------------------------------------------- fit
-
-FIT = dict(num_steps=12, checkpoint_every=4, log_every=2, progress=False,
-           eval_batches=[tasks.running_parity(jax.random.key(5), 8, length=6)], eval_every=6)
-
-
-def test_fit_kill_and_resume_is_bit_identical(tmp_path):
-    straight = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "a", **FIT)
-
-    def killed_at_10(step):
-        if step == 10:
-            raise KeyboardInterrupt("simulated kill")
-        return parity_data(step)
-
-    with pytest.raises(KeyboardInterrupt):
-        train.fit(TRAINER, fresh_state(), killed_at_10, out_dir=tmp_path / "b", **FIT)
-    ckpts = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
-    assert ckpts[-1] == 8
-    resumed = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "b", resume=True, **FIT)
-    assert int(resumed.state.step) == 12
-    assert leaves_equal(straight.state.params, resumed.state.params)
-    assert leaves_equal(straight.state.opt_state, resumed.state.opt_state)
-    # the metric log of the resumed run equals the straight one (replayed rows dropped)
-    rows_a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert rows_a == rows_b
-    assert [r["step"] for r in rows_a if r["split"] == "eval"] == [6, 12]
-    assert (tmp_path / "a" / "train_metrics.csv").exists() and (tmp_path / "a" / "eval_metrics.csv").exists()
-    # a finished run resumed again does nothing more
-    again = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path / "b", resume=True, **FIT)
-    assert leaves_equal(again.state.params, straight.state.params)
-    assert again.history == straight.history
-
-
-def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def poisoned(step):
-        batch = parity_data(step)
-        return batch._replace(x=batch.x * jnp.nan) if step == 6 else batch
-
-    with pytest.raises(train.NonFiniteError, match=r"loss became nan at step 7.*last good checkpoint \(step 4\)"):
-        train.fit(TRAINER, fresh_state(), poisoned, out_dir=tmp_path, **FIT)
-    ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert ckpts == [4]
-    restored = train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, resume=True,
-                         **{**FIT, "num_steps": 4})
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.state.params))
-
-
-def _snapshot(root):
-    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_resume_errors_touch_nothing(tmp_path):
-    train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, config={"lr": 2e-2},
-              **{**FIT, "num_steps": 4})
-    before = _snapshot(tmp_path)
-    # existing checkpoints without resume
-    with pytest.raises(ValueError, match="already holds checkpoints; pass resume=True"):
-        train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, **FIT)
-    # a different model
-    other = models.sequence_model(models.SequenceModelConfig(
-        cell="gru", hidden_size=9, output_size=2, input_size=1, readout="all"))
-    other_state = TRAINER.init(other.init(KEY), KEY)
-    with pytest.raises(train.CheckpointError, match="step 4.*different model"):
-        train.fit(TRAINER, other_state, parity_data, out_dir=tmp_path, resume=True, **FIT)
-    # a different config
-    with pytest.raises(train.CheckpointError, match=r"different config \(differs in \['lr'\]"):
-        train.fit(TRAINER, fresh_state(), parity_data, out_dir=tmp_path, resume=True,
-                  config={"lr": 1e-3}, **FIT)
-    assert _snapshot(tmp_path) == before
-    # a corrupt checkpoint: garble every array file of step 4
-    corrupt = tmp_path.parent / "corrupt"
-    shutil.copytree(tmp_path, corrupt)
-    for p in (corrupt / "checkpoints" / "4" / "state").rglob("*"):
-        if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name:
-            p.write_bytes(b"\x00garbage" * 3)
-    before = _snapshot(corrupt)
-    with pytest.raises(train.CheckpointError, match="step 4.*corrupt"):
-        train.fit(TRAINER, fresh_state(), parity_data, out_dir=corrupt, resume=True, **FIT)
-    assert _snapshot(corrupt) == before
-
-
-def test_fit_bad_inputs(tmp_path):
-    with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        train.fit(TRAINER, fresh_state(), parity_data, num_steps=0)
-    with pytest.raises(TypeError, match="log_every must be an int"):
-        train.fit(TRAINER, fresh_state(), parity_data, num_steps=1, log_every=1.5)
-    with pytest.raises(ValueError, match="resume=True needs out_dir"):
-        train.fit(TRAINER, fresh_state(), parity_data, num_steps=1, resume=True)
-    with pytest.raises(TypeError, match="state must be a TrainState"):
-        train.fit(TRAINER, {"params": 1}, parity_data, num_steps=1)
-    mesh = train.data_mesh()
-    with pytest.raises(ValueError, match="batch size must be >= 1"):
-        train.shard_batch(tasks.running_parity(KEY, 1, length=3)._replace(
-            x=jnp.zeros((0, 3, 1)), y=jnp.zeros((0, 3), jnp.int32)), mesh)
-
-
-# ----------------------------------------------------------------------------- models
-
-
-@pytest.mark.parametrize("arch", ["lstm", "transformer"])
-def test_many_to_one_reads_the_state_at_each_last_valid_step(arch):
-    if arch == "lstm":
-        m = models.sequence_model(models.SequenceModelConfig(cell="lstm", hidden_size=5, output_size=3,
-                                                             vocab_size=12, readout="last"))
-    else:
-        m = models.transformer_sequence_model(models.TransformerSequenceConfig(
-            output_size=3, vocab_size=12, model_size=8, num_heads=2, ff_size=16, num_layers=1, max_len=6))
-    params = m.init(KEY)
-    batch = tasks.sentiment(KEY, 4, max_clauses=3)
-    apply = jax.jit(m.apply)
-    out = apply(params, batch.x, lengths=batch.lengths)
-    for b in range(4):
-        n = int(batch.lengths[b])
-        single = apply(params, batch.x[b:b + 1, :n])
-        np.testing.assert_allclose(np.asarray(out[b]), np.asarray(single[0]), rtol=1e-5, atol=1e-6)
-
-
-def test_irnn_init_and_bad_configs():
-    cell = cells.make("irnn", 4)
-    p = cell.init(KEY, 3)
-    np.testing.assert_array_equal(np.asarray(p["w_hh"]), np.eye(4))
-    assert float(jnp.abs(p["b_ih"]).max()) == 0.0 and float(jnp.std(p["w_ih"])) < 3e-3
-    with pytest.raises(ValueError, match="cell must be one of .*got 'lstmm'"):
-        models.SequenceModelConfig(cell="lstmm", input_size=1)
-    with pytest.raises(ValueError, match="give input_size"):
-        models.SequenceModelConfig(cell="lstm")
-    with pytest.raises(ValueError, match="readout must be"):
-        models.SequenceModelConfig(input_size=1, readout="first")
-    with pytest.raises(ValueError, match="x must have shape \\(B, T, E=1\\)"):
-        MODEL.apply(MODEL.init(KEY), jnp.zeros((2, 3)))
-
-
-def test_recurrent_lm_carry_threading():
-    """Reading a stream in two pieces with the carry threaded equals reading it whole.
-    (Greedy generation through the decode protocol is tested in test_decoding.py.)"""
-    lm = models.recurrent_lm(models.RecurrentLMConfig(cell="gru", vocab_size=7, hidden_size=8, embed_size=4))
-    params = lm.init(KEY)
-    toks = jax.random.randint(KEY, (2, 10), 0, 7)
-    apply = jax.jit(lm.apply)
-    full, _ = apply(params, toks)
-    a, carry = apply(params, toks[:, :4])
-    b, _ = apply(params, toks[:, 4:], carry)
-    np.testing.assert_allclose(np.asarray(full), np.asarray(jnp.concatenate([a, b], 1)), rtol=1e-5, atol=1e-6)

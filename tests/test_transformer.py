@@ -1,5 +1,7 @@
-"""seqjax.transformer: blocks, models and cached decoding steps."""
+"""seqjax.transformer: blocks, models and cached decoding steps; the decoder-only model's
+causality over random lengths and positions (hypothesis)."""
 
+import functools
 import itertools
 
 import jax
@@ -7,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import V, randint, randn
+from hypothesis import given
+from hypothesis import strategies as st
 
 from seqjax import attention as A
 from seqjax import layers
 from seqjax import transformer as T
-
-_randn, _randint = randn, randint
 
 
 def _cfg(norm_first=False, **kw):
@@ -44,7 +46,7 @@ def test_pre_ln_with_zeroed_branches_is_the_identity():
         for p in params["layers"]:
             p["self_attn"]["out"] = jax.tree.map(jnp.zeros_like, p["self_attn"]["out"])
             p["ff"]["linear2"] = jax.tree.map(jnp.zeros_like, p["ff"]["linear2"])
-        x = _randn(1, (2, 5, 8))
+        x = randn(1, (2, 5, 8))
         y = enc.apply_jit(params, x)
         want = x
         if not norm_first:
@@ -88,8 +90,8 @@ def test_decoder_causality_through_gradients():
     cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2, norm_first=True, final_norm=True)
     dec = T.decoder(cfg)
     params = dec.init(jax.random.key(0))
-    x = _randn(1, (2, 5, 8))
-    mem = _randn(2, (2, 4, 8))
+    x = randn(1, (2, 5, 8))
+    mem = randn(2, (2, 4, 8))
     grad = jax.jit(jax.grad(lambda x, i: jnp.sum(dec.apply(params, x, mem, tgt_mask=A.causal_mask(5))[:, i] ** 2)))
     for i in range(5):
         g = grad(x, i)
@@ -115,7 +117,7 @@ def test_encoder_padding_invariance_through_gradients():
     cfg = T.StackConfig(model_size=8, num_heads=2, ff_size=16, num_layers=2)
     enc = T.encoder(cfg)
     params = enc.init(jax.random.key(0))
-    x = _randn(1, (2, 5, 8))
+    x = randn(1, (2, 5, 8))
     mask = A.padding_mask(jnp.array([5, 3]), 5)
     g = jax.grad(lambda x: jnp.sum(enc.apply(params, x, mask=mask)[1, :3] ** 2))(x)
     np.testing.assert_array_equal(g[1, 3:], 0.0)
@@ -154,7 +156,7 @@ def test_kv_cache_equals_full_recomputation(both):
 
 def test_lm_kv_cache_equals_full_recomputation_and_causality(lm):
     model, params = lm
-    toks = _randint(4, (2, 9), 0, V)
+    toks = randint(4, (2, 9), 0, V)
     full = model.apply_jit(params, toks)
     state = model.init_decode(params, 2, 9)
     prefill, state = model.decode_step(params, state, toks[:, :4])
@@ -209,3 +211,32 @@ def test_decoding_past_the_kv_cache_or_the_positions_raises(seq2seq, lm):
     for offset in (3, jnp.int32(3), -1):
         with pytest.raises(ValueError, match="outside the positional encoding's max_len=4"):
             pe.apply({}, x, offset)
+
+
+# ----------------------------------------------------------------------------- properties (hypothesis)
+
+
+@functools.lru_cache(maxsize=None)
+def _position_grads(model):
+    """d sum(logits[:, i] * w) / d (the learned position table), jitted once per length (i traced).
+
+    Row j of the table is added to every sequence's input at position j, so its gradient is
+    the gradient from input position j (summed over the batch): a continuous handle on a
+    token model's inputs."""
+    def loss(params, tokens, w, i):
+        logits = model.apply(params, tokens)
+        return jnp.sum(jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False) * w)
+    return jax.jit(lambda params, tokens, w, i: jax.grad(loss)(params, tokens, w, i)["pos"]["embedding"])
+
+
+@given(steps=st.sampled_from([12, 5, 1]), seed=st.integers(0, 2 ** 16), data=st.data())
+def test_property_decoder_only_gets_no_gradient_from_the_future(lm, steps, seed, data):
+    """The decoder-only LM: logits at position i have exactly zero gradient from input positions
+    j > i (and from unused positions j >= T), and a non-zero one from every j <= i."""
+    model, params = lm
+    assert model.config.positional == "learned"
+    i = data.draw(st.integers(0, steps - 1), label="i")
+    tokens = randint(seed, (2, steps), 0, V)
+    g = np.asarray(_position_grads(model)(params, tokens, randn(seed + 1, (2, V)), i))          # (max_len, D)
+    np.testing.assert_array_equal(g[i + 1:], 0.0)
+    assert (np.abs(g[:i + 1]).sum(axis=-1) > 0).all()
