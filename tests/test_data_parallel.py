@@ -45,7 +45,20 @@ CHILD = textwrap.dedent("""
         error = None
     except ValueError as err:
         error = str(err)
+    # an evaluation batch the 4 devices do not divide is refused before step 1, not at the
+    # first evaluation (with eval_every=0 that would be after the last step)
+    import tempfile
+    out_dir = tempfile.mkdtemp()
+    try:
+        train.fit(tr, state, data, num_steps=4, out_dir=out_dir, progress=False, checkpoint_every=2,
+                  eval_batches=[tasks.running_parity(jax.random.key(3), 6, length=5)])
+        eval_error = None
+    except ValueError as err:
+        eval_error = str(err)
+    import os
     print(json.dumps({
+        "eval_error": eval_error,
+        "files_after_refusal": sorted(os.listdir(out_dir)),
         "param_diff": diff(single.state.params, parallel.state.params),
         "single_devices": len(single.state.params["head"]["kernel"].sharding.device_set),
         "loss_single": [r["loss"] for r in single.history],
@@ -73,6 +86,8 @@ def test_data_parallel_equals_single_device():
     assert out["param_devices"] == 4                       # parameters replicated on every device
     assert out["num_shards"] == 4 and out["shard_shapes"] == [[2, 5, 1]]   # B = 8 split 4 ways
     assert "batch size 6 is not divisible by the device count 4" in out["error"]
+    assert "eval_batches[0] has batch size 6, which the 4 devices" in out["eval_error"]
+    assert out["files_after_refusal"] in ([], ["checkpoints"])              # no step ran, nothing saved
 
 
 # ----------------------------------------------------------------------------- two processes
