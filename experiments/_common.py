@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -81,13 +82,24 @@ def _bad_number(name: str, value, zero_ok: bool, rate: bool) -> str | None:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value}"
-    if rate and not 0 <= value < 1:
-        return f"must be in [0, 1), got {value}"
+    if rate:
+        return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
     if zero_ok and value < 0:
         return f"must be >= 0, got {value}"
     if not zero_ok and value <= 0:
         return f"must be {'>= 1' if isinstance(value, int) else '> 0'}, got {value}"
     return None
+
+
+class FlagError(SystemExit, ValueError):
+    """A refused flag: exits with status 2 like ``parser.error`` when uncaught, and is a
+    ValueError (whose message names the flag) for callers of ``main(argv)``."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.code = 2
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
 
 
 def config(parser: argparse.ArgumentParser, config_cls, values: Mapping[str, Any], *,
@@ -104,17 +116,17 @@ def config(parser: argparse.ArgumentParser, config_cls, values: Mapping[str, Any
         for item in (value if isinstance(value, tuple) else (value,)):
             why = _bad_number(name, item, name in zero_ok, name in rates)
             if why is not None:
-                parser.error(f"--{name.replace('_', '-')} {why}")
+                raise FlagError(parser, f"--{name.replace('_', '-')} {why}")
     try:
         cfg = config_cls(**values)
     except (ValueError, TypeError) as err:
-        parser.error(str(err))
+        raise FlagError(parser, str(err)) from None
     for f in dataclasses.fields(cfg):          # defaults and presets obey the same rule
         value = getattr(cfg, f.name)
         for item in (value if isinstance(value, tuple) else (value,)):
             why = _bad_number(f.name, item, f.name in zero_ok, f.name in rates)
             if why is not None:
-                parser.error(f"--{f.name.replace('_', '-')} {why}")
+                raise FlagError(parser, f"--{f.name.replace('_', '-')} {why}")
     return cfg
 
 

@@ -38,9 +38,9 @@ def test_long_range_bad_inputs(tmp_path):
         lr.main(["--models", "lstmm", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="unknown task 'adding50'"):
         lr.main(["--tasks", "adding50", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
         lr.main(["--batch-size", "0", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="lr and irnn_lr must be > 0"):
+    with pytest.raises(ValueError, match="--lr must be > 0, got 0.0"):
         lr.main(["--lr", "0", "--out", str(tmp_path)])
 
 
@@ -85,7 +85,7 @@ def test_char_lm_bad_inputs(tmp_path):
     # the Transformer's KV cache / positions hold seq_len positions: prompt + sample_chars - 1 <= seq_len
     with pytest.raises(ValueError, match=r"prompt \(4 chars\) \+ sample_chars \(62\) - 1 = 65 .* seq_len = 64"):
         ch.main(["--model", "transformer", "--sample-chars", "62", "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="sample_chars must be >= 1"):
+    with pytest.raises(ValueError, match="--sample-chars must be >= 1"):
         ch.main(["--sample-chars", "0", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o" / "config.json").exists()
 
