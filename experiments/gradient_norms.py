@@ -1,4 +1,4 @@
-"""Headline: per-step gradient norms ||dL/dh_t|| against distance for RNNs, LSTMs, GRU and Transformers.
+"""Headline: per-step gradient norms ||dL/dh_t|| against distance for RNNs, LSTMs, GRU, an orthogonal RNN and Transformers.
 
 One shared task (the adding problem by default; ``seqjax.tasks.adding``), the loss read
 at the last step. For recurrent models the curve is the total derivative dL/dh_t of the
@@ -6,8 +6,13 @@ loss w.r.t. the state after step t (``seqjax.gradients.state_gradients``; for th
 the whole state (h, c)); for Transformers it is ||dL/dx_t|| w.r.t. the representation
 of token t entering the encoder (``input_gradient_norms``). Mean and min-max over seeds
 (vmapped: one compilation per architecture), at initialisation and after a short Adam
-run through ``seqjax.train``. Writes to results/gradient_norms/ (``make figures`` copies
-the figure into docs/). ``python experiments/gradient_norms.py --help``.
+run through ``seqjax.train`` (the orthogonal RNN: Adam on the exponential map's log,
+``cells.orthogonal_optimizer``, so W_hh stays orthogonal). Everything is measured on one
+held-out batch (1024 sequences by default), and each evaluation loss is reported beside
+two chance levels: the population's (1/6 for adding) and that of the same predictor on
+this batch. Writes to results/gradient_norms/, including summary.json and reading.md (the
+figure's numbers as sentences, which the README quotes; ``make figures`` copies the
+figure and summary.json into docs/). ``python experiments/gradient_norms.py --help``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ ARCHS = {  # name: (legend label, cells.make name and options, or "transformer" 
     "lstm_fb0": ("LSTM, forget bias 0", "lstm", {"forget_bias": 0.0}),
     "lstm_fb1": ("LSTM, forget bias 1", "lstm", {"forget_bias": 1.0}),
     "gru": ("GRU", "gru", {}),
+    "orthogonal": ("orthogonal RNN (expRNN)", "orthogonal", {}),
     "transformer_post_ln": ("Transformer, Post-LN", "transformer", {"norm_first": False}),
     "transformer_pre_ln": ("Transformer, Pre-LN", "transformer", {"norm_first": True}),
 }
@@ -54,8 +60,8 @@ class Config:
     seeds: int = 3
     steps: int = 120             # Adam steps between the two measurements
     batch_size: int = 32
-    eval_batch_size: int = 32
-    learning_rate: float = 1e-3
+    eval_batch_size: int = 1024  # held-out sequences: the losses and every gradient profile
+    learning_rate: float = 1e-3  # Adam; the orthogonal RNN's log-orthogonal parameter gets a tenth of it
     transformer_layers: int = 2
     num_heads: int = 4
     archs: tuple[str, ...] = tuple(ARCHS)
@@ -156,8 +162,10 @@ def make_model(cfg: Config, arch: str) -> Model:
 def run_arch(cfg: Config, arch: str, eval_batch: Batch) -> dict[str, np.ndarray]:
     """All seeds of one architecture in one jitted, vmapped call: profiles and losses."""
     model = make_model(cfg, arch)
-    tr = train.trainer(lambda params, batch, key: (model.loss(params, batch), {}),
-                       train.make_optimizer("adam", cfg.learning_rate))
+    optimizer = train.make_optimizer("adam", cfg.learning_rate)
+    if ARCHS[arch][1] == "orthogonal":   # W_hh on the orthogonal group (the authors' 10x lower rate there)
+        optimizer = cells.orthogonal_optimizer(optimizer, train.make_optimizer("adam", cfg.learning_rate / 10))
+    tr = train.trainer(lambda params, batch, key: (model.loss(params, batch), {}), optimizer)
 
     def one_seed(key):
         k_init, k_data = jax.random.split(key)
@@ -179,6 +187,100 @@ def far_to_near(runs: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(np.maximum(runs[:, -1], 1e-45)) - np.log(runs[:, 0]))))
 
 
+def geomean(values: np.ndarray) -> float:
+    """The geometric mean over seeds (the centre line of the figure's bands)."""
+    return float(np.exp(np.mean(np.log(np.maximum(np.asarray(values, np.float64), 1e-45)))))
+
+
+def chance_levels(cfg: Config, eval_batch: Batch) -> dict[str, float]:
+    """The loss of the best input-blind predictor, for the task's population and for this batch.
+
+    Adding: always predict 1 (the mean of x_i + x_j): MSE 1/6 on the population, mean((y - 1)^2)
+    on the batch. Copying: blanks, then a uniform guess over the 8 symbols for the 10 recalled
+    steps: 10 ln 8 / (T + 20), the same on every batch.
+    """
+    if cfg.task == "adding":
+        return {"population": tasks.adding_baseline(),
+                "batch": float(np.mean((np.asarray(eval_batch.y, np.float64) - 1.0) ** 2))}
+    base = tasks.copying_memory_baseline(cfg.length)
+    return {"population": base, "batch": base}
+
+
+def summarize(cfg: Config, results: dict[str, dict], chance: dict[str, float]) -> dict:
+    """The numbers the figure is read by (summary.json): per architecture and phase, the centre line
+    at distances 0, 1 and T-1 and the mean factor per step, and the evaluation losses."""
+    def phase(runs):
+        T = runs.shape[1]
+        ratio = far_to_near(runs)
+        return {"distance0": geomean(runs[:, 0]), "distance1": geomean(runs[:, 1]),
+                "far": geomean(runs[:, -1]), "far_to_near": ratio, "per_step": ratio ** (1.0 / (T - 1))}
+    archs = {}
+    for arch, r in results.items():
+        archs[arch] = {"label": ARCHS[arch][0], "recurrent": not arch.startswith("transformer"),
+                       "eval_loss_mean": float(np.mean(r["eval_loss"])),
+                       "eval_loss_min": float(np.min(r["eval_loss"])),
+                       "eval_loss_max": float(np.max(r["eval_loss"])),
+                       "init": phase(r["init"]), "trained": phase(r["trained"])}
+    return {"task": cfg.task, "length": cfg.length, "hidden_size": cfg.hidden_size, "steps": cfg.steps,
+            "seeds": cfg.seeds, "eval_sequences": cfg.eval_batch_size, "learning_rate": cfg.learning_rate,
+            "chance_population": chance["population"], "chance_batch": chance["batch"], "archs": archs}
+
+
+def _e(x: float) -> str:
+    return f"{x:.1e}"
+
+
+def reading(summary: dict) -> str:
+    """The figure's numbers as markdown (a table and sentences), generated from summary.json alone,
+    so every number the README quotes is the saved data's. ``tests/test_papers.py`` checks it."""
+    T, steps = summary["length"], summary["steps"]
+    archs = {a: summary["archs"][a] for a in ARCHS if a in summary["archs"]}   # figure order (JSON sorts keys)
+    loss = "MSE" if summary["task"] == "adding" else "cross-entropy"
+    far = T - 1
+    lines = [f"Evaluation on {summary['eval_sequences']} held-out sequences after {steps} Adam steps "
+             f"(mean and min-max over {summary['seeds']} seeds), beside two chance levels of the input-blind "
+             f"predictor: the population's ({summary['chance_population']:.4f}) and this batch's "
+             f"({summary['chance_batch']:.4f}).", "",
+             f"| model | eval {loss} | population chance | batch chance | below the batch chance in every seed |",
+             "|---|---|---|---|---|"]
+    for a in archs.values():
+        below = a["eval_loss_max"] < summary["chance_batch"]
+        lines.append(f"| {a['label']} | {a['eval_loss_mean']:.4f} ({a['eval_loss_min']:.4f}-"
+                     f"{a['eval_loss_max']:.4f}) | {summary['chance_population']:.4f} | "
+                     f"{summary['chance_batch']:.4f} | {'yes' if below else 'no'} |")
+    lines += ["", f"Centre lines of the figure (geometric means over seeds) at distance 0, 1 and {far}, and, for "
+              f"the recurrent models, the mean factor per step (the {far}th root of the ratio of distance {far} "
+              "to distance 0):", "",
+              f"| model | init: d = 0 | d = 1 | d = {far} | factor per step | after {steps} steps: d = 0 | "
+              f"d = 1 | d = {far} | factor per step |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in archs.values():
+        i, t = a["init"], a["trained"]
+        fi, ft = (f"{i['per_step']:.3f}", f"{t['per_step']:.3f}") if a["recurrent"] else ("-", "-")
+        lines.append(f"| {a['label']} | {_e(i['distance0'])} | {_e(i['distance1'])} | {_e(i['far'])} | {fi} | "
+                     f"{_e(t['distance0'])} | {_e(t['distance1'])} | {_e(t['far'])} | {ft} |")
+    lines.append("")
+    for name, a in archs.items():
+        if a["recurrent"]:
+            continue
+        for ph, when in (("init", "at initialisation"), ("trained", "after training")):
+            p = a[ph]
+            trend = "rises" if p["far"] > p["distance1"] else "falls"
+            lines.append(f"- {a['label']}, {when}: the curve {trend} from {_e(p['distance1'])} at distance 1 to "
+                         f"{_e(p['far'])} at distance {far} ({p['far'] / p['distance1']:.1f}x); the read "
+                         f"position itself (distance 0) is {p['distance0'] / p['distance1']:.0f}x distance 1.")
+    changes = {n: a["trained"]["far"] / a["init"]["far"] for n, a in archs.items() if a["recurrent"]}
+    if changes:
+        order = sorted(changes, key=lambda n: -abs(np.log(changes[n])))
+        described = []
+        for n in order:
+            a = archs[n]
+            described.append(f"{a['label']} {_e(a['init']['far'])} to {_e(a['trained']['far'])} "
+                             f"({changes[n]:.2g}x)")
+        lines.append(f"- The recurrent curves' far end (distance {far}) at initialisation and after {steps} steps, "
+                     f"largest change first: " + "; ".join(described) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> Path:
     parser = _common.parser(Config, __doc__, "gradient_norms")
     values, args = _common.parse(parser, argv, quick=QUICK)
@@ -186,10 +288,10 @@ def main(argv=None) -> Path:
     out = io.ensure_writable_dir(args.out)                          # before any compute
     start = time.perf_counter()
     eval_batch = sample(cfg, jax.random.key(12345), cfg.eval_batch_size)
-    arrays, rows, summary = {}, [], []
+    arrays, rows, summary, results = {}, [], [], {}
     for arch in cfg.archs:
         t0 = time.perf_counter()
-        r = run_arch(cfg, arch, eval_batch)
+        r = results[arch] = run_arch(cfg, arch, eval_batch)
         seconds = round(time.perf_counter() - t0, 2)
         print(f"{arch:22s} {seconds:6.1f}s  eval loss after {cfg.steps} steps: {np.mean(r['eval_loss']):.4f}",
               flush=True)
@@ -208,6 +310,9 @@ def main(argv=None) -> Path:
     io.save_npz(out / "gradient_norms.npz", **arrays)
     io.save_csv(out / "gradient_norms.csv", rows)
     io.save_csv(out / "summary.csv", summary)
+    numbers = summarize(cfg, results, chance_levels(cfg, eval_batch))
+    io.save_json(out / "summary.json", numbers)
+    io.atomic_write_text(out / "reading.md", reading(numbers))
     figure = plot(out)
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figure: {figure}")
     return out

@@ -1,12 +1,17 @@
-"""Per-layer gradient norms at initialisation: Post-LN vs Pre-LN Transformer encoders (Xiong et al. 2020).
+"""Gradients of the FFN matrices at initialisation, Post-LN vs Pre-LN, measured as Xiong et al. 2020 measure them.
 
-A token model (embedding * sqrt(D) + sinusoidal positions -> L-layer encoder ->
-vocabulary logits) on random tokens, cross-entropy against random targets, at
-initialisation. The gradient of each layer's parameters is reduced with
-``seqjax.train.grad_norms_by_path`` (the same reduction a training step logs).
-Xiong et al. 2020 (Theorem 1, Fig. 3): with Post-LN the gradient norm of the last
-layers' parameters is large and grows with the layer index; with Pre-LN it stays
-roughly flat across layers. ``python experiments/layernorm_placement.py --help``.
+An L-L encoder-decoder Transformer (``seqjax.transformer.transformer``: embeddings scaled
+by sqrt(D), sinusoidal positions, tied output projection, no dropout; a final LayerNorm on
+each stack for Pre-LN only) on a random-token copy task (``seqjax.tasks.seq2seq_copy``),
+cross-entropy on the target, at initialisation. For every seed the gradient of the batch's
+mean loss (the expected gradient over the batch) is taken, and the Frobenius norm of the
+gradient of each FFN matrix is read separately: W1 (D x F, ``ff/linear1/kernel``) and W2
+(F x D, ``ff/linear2/kernel``), for every layer of both stacks. Norms are averaged over
+``--seeds`` seeds (10, as Xiong et al.). A depth sweep (L = 6, 8, ..., 14) reads the last
+decoder layer's W2 gradient, the matrix of Xiong et al.'s Theorem 1 (Post-LN: independent of
+L; Pre-LN: scales like 1/sqrt(L)), plotted against L with a 1/sqrt(L) reference.
+Writes summary.json and reading.md (the numbers the README quotes) beside the data.
+``python experiments/layernorm_placement.py --help``.
 """
 
 from __future__ import annotations
@@ -20,27 +25,28 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import _common
-from seqjax import io, layers, losses, plotting, train, transformer
+from seqjax import io, losses, plotting, tasks, transformer
 
 VARIANTS = ("post_ln", "pre_ln")
-GROUPS = ("ff", "self_attn", "all")
-QUICK = dict(model_size=16, ff_size=32, length=8, batch_size=4, seeds=2, num_layers=3)
+STACKS = ("encoder", "decoder")
+MATRICES = {"W1": "linear1", "W2": "linear2"}
+QUICK = dict(model_size=16, ff_size=32, length=6, batch_size=4, seeds=2, num_layers=2, depths=(1, 2))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    num_layers: int = 6
+    num_layers: int = 6                      # encoder layers = decoder layers (a 6-6 model, as Xiong et al.)
     model_size: int = 64
     num_heads: int = 4
     ff_size: int = 256
-    length: int = 32
+    length: int = 16
     vocab_size: int = 32
     batch_size: int = 16
-    seeds: int = 5
+    seeds: int = 10
+    depths: tuple[int, ...] = (6, 8, 10, 12, 14)
 
     def __post_init__(self):
         for name in ("num_layers", "model_size", "num_heads", "ff_size", "length", "vocab_size",
@@ -49,32 +55,82 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model_size % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide model_size={self.model_size}")
+        if len(self.depths) < 2 or any(d < 1 for d in self.depths):
+            raise ValueError(f"depths must be two or more layer counts >= 1, got {self.depths}")
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size must be >= 5 (3 special tokens and 2 symbols), got {self.vocab_size}")
 
 
-def layer_grad_norms(cfg: Config, variant: str, key) -> dict[str, jax.Array]:
-    """One seed: flat {"grads/layers/<l>/<group>": norm} of the encoder's gradient at init."""
+def ffn_grad_norms(cfg: Config, variant: str, num_layers: int, key) -> dict[str, jax.Array]:
+    """One seed at init: {"<stack>/<W1|W2>": (L,) Frobenius norms of the FFN matrices' gradients}."""
     pre_ln = variant == "pre_ln"
-    stack = transformer.encoder(transformer.StackConfig(
-        model_size=cfg.model_size, num_heads=cfg.num_heads, ff_size=cfg.ff_size, num_layers=cfg.num_layers,
-        dropout=0.0, norm_first=pre_ln, final_norm=pre_ln))
-    pe = transformer.positional_encoding("sinusoidal", cfg.length, cfg.model_size)
-    k_emb, k_stack, k_out, k_x, k_y = jax.random.split(key, 5)
-    D, V = cfg.model_size, cfg.vocab_size
-    params = {"embed": layers.embedding_init(k_emb, V, D, std=1 / np.sqrt(D)),
-              "stack": stack.init(k_stack),
-              "output": {"kernel": jax.random.normal(k_out, (D, V)) / jnp.sqrt(D)}}    # N(0, 1/D), no bias
-    tokens = jax.random.randint(k_x, (cfg.batch_size, cfg.length), 0, V)
-    targets = jax.random.randint(k_y, (cfg.batch_size, cfg.length), 0, V)
+    model = transformer.transformer(transformer.TransformerConfig(
+        src_vocab_size=cfg.vocab_size, tgt_vocab_size=cfg.vocab_size, model_size=cfg.model_size,
+        num_heads=cfg.num_heads, ff_size=cfg.ff_size, num_encoder_layers=num_layers,
+        num_decoder_layers=num_layers, dropout=0.0, norm_first=pre_ln, final_norm=pre_ln,
+        max_len=cfg.length + 1))
+    k_init, k_data = jax.random.split(key)
+    params = model.init(k_init)
+    batch = tasks.seq2seq_copy(k_data, cfg.batch_size, length=cfg.length, vocab_size=cfg.vocab_size)
 
-    def loss(params):
-        h = pe.apply({}, layers.embed(params["embed"], tokens, scale=np.sqrt(D)))        # (B, T, D)
-        logits = layers.dense(params["output"], stack.apply(params["stack"], h))       # (B, T, V)
-        return losses.cross_entropy(logits, targets)
+    def loss(params):   # the batch's mean loss: its gradient is the expected gradient over the batch
+        logits = model.apply(params, batch.src, batch.tgt_in, src_lengths=batch.src_lengths)
+        return losses.cross_entropy(logits, batch.tgt_out, ignore_id=tasks.PAD)
 
-    grads = jax.grad(loss)(params)["stack"]
-    per_group = train.grad_norms_by_path(grads, depth=3)        # grads/layers/<l>/<ff|self_attn|norm1..>
-    per_layer = train.grad_norms_by_path(grads, depth=2)        # grads/layers/<l>
-    return {**per_group, **{f"{k}/all": v for k, v in per_layer.items()}}
+    grads = jax.grad(loss)(params)
+    return {f"{stack}/{w}": jax.numpy.stack([jax.numpy.linalg.norm(layer["ff"][name]["kernel"])
+                                             for layer in grads[stack]["layers"]])
+            for stack in STACKS for w, name in MATRICES.items()}
+
+
+def measure(cfg: Config, variant: str, num_layers: int) -> dict[str, np.ndarray]:
+    """Every seed at once (vmapped): {"<stack>/<W>": (seeds, L)}."""
+    keys = jax.random.split(jax.random.key(num_layers), cfg.seeds)
+    out = jax.jit(jax.vmap(lambda k: ffn_grad_norms(cfg, variant, num_layers, k)))(keys)
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def slope(depths, values) -> float:
+    """The least-squares exponent b of values ~ c L^b (log-log)."""
+    return float(np.polyfit(np.log(np.asarray(depths, np.float64)), np.log(np.asarray(values, np.float64)), 1)[0])
+
+
+def summarize(cfg: Config, arrays: dict) -> dict:
+    """summary.json: mean over seeds per layer, last/first-layer ratios, and the depth sweep's exponent."""
+    out = {"num_layers": cfg.num_layers, "seeds": cfg.seeds, "model_size": cfg.model_size, "ff_size": cfg.ff_size,
+           "depths": list(cfg.depths), "per_layer": {}, "depth": {}}
+    for v in VARIANTS:
+        for stack in STACKS:
+            for w in MATRICES:
+                mean = arrays[f"{v}/{stack}/{w}"].mean(axis=0)
+                out["per_layer"][f"{v}/{stack}/{w}"] = {"mean": [float(x) for x in mean],
+                                                        "last_over_first": float(mean[-1] / mean[0])}
+        mean = arrays[f"{v}/depth"].mean(axis=0)
+        out["depth"][v] = {"mean": [float(x) for x in mean], "exponent": slope(cfg.depths, mean),
+                           "last_over_first": float(mean[-1] / mean[0])}
+    return out
+
+
+NAMES = {"post_ln": "Post-LN", "pre_ln": "Pre-LN"}
+
+
+def reading(summary: dict) -> str:
+    """The numbers as sentences, from summary.json alone (the README quotes them)."""
+    L, seeds, lines = summary["num_layers"], summary["seeds"], []
+    for v in VARIANTS:
+        for stack in STACKS:
+            parts = []
+            for w in MATRICES:
+                p = summary["per_layer"][f"{v}/{stack}/{w}"]
+                parts.append(f"{w} {p['mean'][0]:.3g} to {p['mean'][-1]:.3g} ({p['last_over_first']:.2f}x)")
+            lines.append(f"- {NAMES[v]}, {stack} layers 1 to {L} (mean over {seeds} seeds): " + "; ".join(parts) + ".")
+    d = summary["depths"]
+    for v in VARIANTS:
+        p = summary["depth"][v]
+        lines.append(f"- {NAMES[v]}, the last decoder layer's W2 for L = {d[0]} to {d[-1]}: {p['mean'][0]:.3g} to "
+                     f"{p['mean'][-1]:.3g} ({p['last_over_first']:.2f}x); fitted exponent of L "
+                     f"{p['exponent']:+.2f} (1/sqrt(L) is -0.50, independent of L is 0).")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> Path:
@@ -83,36 +139,54 @@ def main(argv=None) -> Path:
     cfg = _common.config(parser, Config, values)
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
-    keys = jax.random.split(jax.random.key(0), cfg.seeds)
-    arrays, rows = {"layer": np.arange(1, cfg.num_layers + 1)}, []
+    arrays, rows = {"layer": np.arange(1, cfg.num_layers + 1), "depths": np.asarray(cfg.depths)}, []
     for variant in VARIANTS:
-        norms = jax.jit(jax.vmap(lambda k, v=variant: layer_grad_norms(cfg, v, k)))(keys)   # name -> (seeds,)
-        for group in GROUPS:
-            runs = np.stack([np.asarray(norms[f"grads/layers/{l}/{group}"]) for l in range(cfg.num_layers)], axis=1)
-            arrays[f"{variant}/{group}"] = runs                                               # (seeds, L)
-        rows += [{"variant": variant, "seed": s, "name": name, "grad_norm": float(v[s])}
-                 for name, v in norms.items() for s in range(cfg.seeds)]
+        measured = {L: measure(cfg, variant, L) for L in sorted({cfg.num_layers, *cfg.depths})}  # one compile per L
+        for name, runs in measured[cfg.num_layers].items():
+            arrays[f"{variant}/{name}"] = runs                                       # (seeds, L)
+            rows += [{"variant": variant, "layers": cfg.num_layers, "matrix": name, "layer": l + 1, "seed": s,
+                      "grad_norm": float(runs[s, l])} for s in range(cfg.seeds) for l in range(runs.shape[1])]
+        depth = []
+        for L in cfg.depths:
+            runs = measured[L]["decoder/W2"][:, -1]                                   # (seeds,) the last layer
+            depth.append(runs)
+            rows += [{"variant": variant, "layers": L, "matrix": "decoder/W2", "layer": L, "seed": s,
+                      "grad_norm": float(runs[s])} for s in range(cfg.seeds)]
+        arrays[f"{variant}/depth"] = np.stack(depth, axis=1)                          # (seeds, depths)
     io.save_json(out / "config.json", {**dataclasses.asdict(cfg), "seconds_total": round(time.perf_counter() - start, 2)})
     io.save_npz(out / "layernorm_placement.npz", **arrays)
     io.save_csv(out / "layernorm_placement.csv", rows)
+    numbers = summarize(cfg, arrays)
+    io.save_json(out / "summary.json", numbers)
+    io.atomic_write_text(out / "reading.md", reading(numbers))
     figure = plot(out)
-    for variant in VARIANTS:
-        print(variant, "ff grad norm per layer:", np.round(np.exp(np.log(arrays[f"{variant}/ff"]).mean(0)), 4))
-    print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figure: {figure}")
+    print(reading(numbers), end="")
+    print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figures: {figure}, {out / 'layernorm_depth.png'}")
     return out
 
 
 def plot(out_dir) -> Path:
-    """Re-make the figure from config.json and layernorm_placement.npz alone."""
+    """Re-make both figures from config.json and layernorm_placement.npz alone."""
     out_dir = Path(out_dir)
     cfg = io.load_json(out_dir / "config.json")
     data = np.load(out_dir / "layernorm_placement.npz")
-    norms = {g: {v: data[f"{v}/{g}"] for v in VARIANTS} for g in GROUPS}
+    groups = tuple(f"{stack} {w}" for stack in STACKS for w in MATRICES)
+    norms = {f"{stack} {w}": {v: data[f"{v}/{stack}/{w}"] for v in VARIANTS} for stack in STACKS for w in MATRICES}
     fig = plotting.layer_norms_figure(
-        data["layer"], norms, groups=GROUPS,
-        title=(f"Gradient norm per layer at initialisation, {cfg['num_layers']}-layer encoder, "
-               f"D = {cfg['model_size']} (Xiong et al. 2020; {cfg['seeds']} seeds)"))
-    return io.save_figure(fig, out_dir / "layernorm_placement.png", dpi=130)
+        data["layer"], norms, groups=groups,
+        title=(f"Frobenius norm of the FFN matrices' gradient at initialisation, {cfg['num_layers']}-"
+               f"{cfg['num_layers']} encoder-decoder, D = {cfg['model_size']} (Xiong et al. 2020, Fig. 3 setting; "
+               f"{cfg['seeds']} seeds)"))
+    figure = io.save_figure(fig, out_dir / "layernorm_placement.png", dpi=130)
+    depths = np.asarray(data["depths"], np.float64)
+    pre = data["pre_ln/depth"].mean(axis=0)
+    fig = plotting.depth_sweep_figure(
+        depths, {v: data[f"{v}/depth"] for v in VARIANTS}, reference=pre[0] * np.sqrt(depths[0] / depths),
+        reference_label=r"$\propto 1/\sqrt{L}$ (through Pre-LN's first point)",
+        ylabel=r"$\|\partial L/\partial W^{2}\|_F$ of the last decoder layer",
+        title=f"Depth sweep at initialisation (Xiong et al. 2020, Theorem 1; {cfg['seeds']} seeds)")
+    io.save_figure(fig, out_dir / "layernorm_depth.png", dpi=130)
+    return figure
 
 
 if __name__ == "__main__":

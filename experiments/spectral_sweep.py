@@ -3,9 +3,11 @@
 W_hh = sigma * Q with Q orthogonal (so every singular value is sigma), inputs
 x_t ~ N(0, 1), loss L = v . h_T with a unit v. For the linear RNN the answer is exact,
 ||dL/dh_0|| = sigma^T (dh_T/dh_0 is sigma^T times an orthogonal matrix), drawn as the
-analytic line. For tanh and ReLU (|f'| <= gamma = 1) it is an upper bound; Pascanu et
-al. 2013 show sigma < 1/gamma is sufficient for vanishing and sigma > 1/gamma
-necessary for exploding.
+analytic line. With |f'| <= gamma the same product gives the bound (gamma sigma)^T:
+gamma = 1 for tanh and ReLU (the bound is sigma^T), gamma = 1/4 for the sigmoid (the bound
+is (sigma/4)^T, swept over its own range of sigma). Pascanu et al. 2013 show sigma < 1/gamma
+is sufficient for vanishing and sigma > 1/gamma necessary for exploding. Writes
+summary.json and reading.md (the numbers the README quotes) beside the data.
 ``python experiments/spectral_sweep.py --help``.
 """
 
@@ -29,7 +31,8 @@ from seqjax.recurrent import unroll
 
 QUICK = dict(length=20, hidden_size=8, batch_size=4, seeds=2, num_sigma=5)
 ACTIVATIONS = ("linear", "tanh", "relu")
-INVERSE_GAMMA = {"linear": 1.0, "tanh": 1.0, "relu": 1.0}   # gamma = sup |f'|
+SIGMOID = "sigmoid"                                          # swept on its own range: 1/gamma = 4
+INVERSE_GAMMA = {"linear": 1.0, "tanh": 1.0, "relu": 1.0, "sigmoid": 4.0}   # gamma = sup |f'|
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Config:
     sigma_min: float = 0.5
     sigma_max: float = 1.5
     num_sigma: int = 41
+    sigmoid_sigma_min: float = 2.0   # the sigmoid RNN's sweep, around its 1/gamma = 4
+    sigmoid_sigma_max: float = 6.0
 
     def __post_init__(self):
         for name in ("length", "hidden_size", "batch_size", "seeds"):
@@ -50,6 +55,9 @@ class Config:
             raise ValueError(f"num_sigma must be >= 2, got {self.num_sigma}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if not 0 < self.sigmoid_sigma_min < self.sigmoid_sigma_max:
+            raise ValueError(f"need 0 < sigmoid_sigma_min < sigmoid_sigma_max, got {self.sigmoid_sigma_min}, "
+                             f"{self.sigmoid_sigma_max}")
 
 
 def initial_state_gradient_norm(cfg: Config, activation: str, sigma, key):
@@ -79,25 +87,63 @@ def main(argv=None) -> Path:
     out = io.ensure_writable_dir(args.out)
     start = time.perf_counter()
     sigma = np.linspace(cfg.sigma_min, cfg.sigma_max, cfg.num_sigma)
+    sigma_sigmoid = np.linspace(cfg.sigmoid_sigma_min, cfg.sigmoid_sigma_max, cfg.num_sigma)
     keys = jax.random.split(jax.random.key(0), cfg.seeds)
-    arrays = {"sigma": sigma, "analytic_linear": sigma ** cfg.length}
+    arrays = {"sigma": sigma, "analytic_linear": sigma ** cfg.length, "sigma_sigmoid": sigma_sigmoid,
+              "bound_sigmoid": (sigma_sigmoid / INVERSE_GAMMA[SIGMOID]) ** cfg.length}
     rows = []
-    for act in ACTIVATIONS:
+    for act, grid in [(a, sigma) for a in ACTIVATIONS] + [(SIGMOID, sigma_sigmoid)]:
         f = jax.jit(jax.vmap(jax.vmap(lambda s, k, act=act: initial_state_gradient_norm(cfg, act, s, k),
                                       (0, None)), (None, 0)))
         with jax.enable_x64(True):   # float64: sigma^T reaches 1e-31 at T = 100, below where float32 norms are safe
-            norms = np.asarray(f(jnp.asarray(sigma, jnp.float64), keys))   # (seeds, S)
+            norms = np.asarray(f(jnp.asarray(grid, jnp.float64), keys))   # (seeds, S)
         arrays[act] = norms
-        rows += [{"activation": act, "seed": s, "sigma": float(sigma[i]), "grad_norm_h0": float(norms[s, i]),
-                  "analytic_linear": float(sigma[i] ** cfg.length)}
-                 for s in range(cfg.seeds) for i in range(len(sigma))]
+        bound = (grid / INVERSE_GAMMA[act]) ** cfg.length               # (gamma sigma)^T ||v||, ||v|| = 1
+        rows += [{"activation": act, "seed": s, "sigma": float(grid[i]), "grad_norm_h0": float(norms[s, i]),
+                  "bound": float(bound[i])} for s in range(cfg.seeds) for i in range(len(grid))]
     io.save_json(out / "config.json", {**dataclasses.asdict(cfg), "inverse_gamma": INVERSE_GAMMA,
                                        "seconds_total": round(time.perf_counter() - start, 2)})
     io.save_npz(out / "spectral_sweep.npz", **arrays)
     io.save_csv(out / "spectral_sweep.csv", rows)
+    numbers = summarize(cfg, arrays)
+    io.save_json(out / "summary.json", numbers)
+    io.atomic_write_text(out / "reading.md", reading(numbers))
     figure = plot(out)
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s; figure: {figure}")
     return out
+
+
+def summarize(cfg: Config, arrays: dict) -> dict:
+    """summary.json: per activation, the largest measured ||dL/dh_0|| over its bound (gamma sigma)^T (<= 1
+    means the bound holds; the linear RNN sits on it) and the norms at sigma = 1/gamma's neighbours."""
+    out = {"length": cfg.length, "seeds": cfg.seeds, "hidden_size": cfg.hidden_size, "activations": {}}
+    for act in (*ACTIVATIONS, SIGMOID):
+        grid = arrays["sigma_sigmoid"] if act == SIGMOID else arrays["sigma"]
+        bound = (grid / INVERSE_GAMMA[act]) ** cfg.length
+        runs = np.asarray(arrays[act], np.float64)
+        out["activations"][act] = {
+            "inverse_gamma": INVERSE_GAMMA[act], "sigma_min": float(grid[0]), "sigma_max": float(grid[-1]),
+            "max_ratio_to_bound": float(np.max(runs / bound)), "min_ratio_to_bound": float(np.min(runs / bound)),
+            "norm_at_sigma_min": float(np.max(runs[:, 0])), "norm_at_sigma_max": float(np.max(runs[:, -1])),
+            "bound_at_sigma_min": float(bound[0]), "bound_at_sigma_max": float(bound[-1])}
+    return out
+
+
+def reading(summary: dict) -> str:
+    """The sweep's numbers as sentences, from summary.json alone (the README quotes them)."""
+    T, lines = summary["length"], []
+    for act in (a for a in (*ACTIVATIONS, SIGMOID) if a in summary["activations"]):   # JSON sorts keys
+        a = summary["activations"][act]
+        g = 1.0 / a["inverse_gamma"]
+        bound = rf"(sigma/{a['inverse_gamma']:g})^{T}" if g != 1 else f"sigma^{T}"
+        holds = "on" if a["min_ratio_to_bound"] > 1 - 1e-9 and a["max_ratio_to_bound"] < 1 + 1e-9 else \
+            ("below" if a["max_ratio_to_bound"] <= 1 + 1e-9 else "ABOVE")
+        lines.append(f"- {act} RNN (gamma = {g:g}), sigma_max from {a['sigma_min']:g} to {a['sigma_max']:g}: "
+                     f"every measured norm is {holds} the bound {bound} (largest ratio to it "
+                     f"{a['max_ratio_to_bound']:.3g}); at sigma_max = {a['sigma_min']:g} the largest norm is "
+                     f"{a['norm_at_sigma_min']:.1e} (bound {a['bound_at_sigma_min']:.1e}), at {a['sigma_max']:g} "
+                     f"{a['norm_at_sigma_max']:.1e} (bound {a['bound_at_sigma_max']:.1e}).")
+    return "\n".join(lines) + "\n"
 
 
 def plot(out_dir) -> Path:
@@ -105,8 +151,15 @@ def plot(out_dir) -> Path:
     out_dir = Path(out_dir)
     cfg = io.load_json(out_dir / "config.json")
     data = np.load(out_dir / "spectral_sweep.npz")
-    fig = plotting.spectral_sweep_figure(data["sigma"], {a: data[a] for a in ACTIVATIONS}, data["analytic_linear"],
-                                         length=cfg["length"], inverse_gamma=cfg["inverse_gamma"])
+    T = cfg["length"]
+    panels = [dict(sigma=data["sigma"], norms={a: data[a] for a in ACTIVATIONS}, bound=data["analytic_linear"],
+                   bound_label=rf"$\sigma^{{{T}}}$: exact for linear, bound for tanh/ReLU ($\gamma$ = 1)",
+                   inverse_gamma=cfg["inverse_gamma"]["tanh"], title=r"linear, tanh, ReLU: $\gamma$ = 1")]
+    if "sigmoid" in data:
+        panels.append(dict(sigma=data["sigma_sigmoid"], norms={SIGMOID: data[SIGMOID]}, bound=data["bound_sigmoid"],
+                           bound_label=rf"bound $(\sigma/4)^{{{T}}}$ ($\gamma$ = 1/4)",
+                           inverse_gamma=cfg["inverse_gamma"][SIGMOID], title=r"sigmoid: $\gamma$ = 1/4"))
+    fig = plotting.spectral_panels_figure(panels, length=T)
     return io.save_figure(fig, out_dir / "spectral_sweep.png", dpi=130)
 
 

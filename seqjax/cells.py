@@ -406,11 +406,9 @@ def block_rotation(angles: Array, hidden_size: int) -> Array:
     out rather than through ``expm`` so the initial W_hh is orthogonal to rounding.
     """
     c, s = jnp.cos(angles), jnp.sin(angles)
-    blocks = jnp.stack([jnp.stack([c, s], -1), jnp.stack([-s, c], -1)], -2)      # (H//2, 2, 2)
-    w = jax.scipy.linalg.block_diag(*blocks) if angles.shape[0] else jnp.zeros((0, 0), angles.dtype)
-    if hidden_size % 2:
-        w = jax.scipy.linalg.block_diag(w, jnp.ones((1, 1), angles.dtype))
-    return w
+    i = 2 * jnp.arange(angles.shape[0])                                  # the blocks' first rows
+    w = jnp.eye(hidden_size, dtype=angles.dtype)
+    return w.at[i, i].set(c).at[i + 1, i + 1].set(c).at[i, i + 1].set(s).at[i + 1, i].set(-s)
 
 
 def orthogonal_rnn(hidden_size: int, *, skew_init: str = "henaff", activation: str = "modrelu") -> Cell:

@@ -388,8 +388,12 @@ def learning_bands_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np
     for ax, (name, lines) in zip(axes, panels.items()):
         is_log = log if isinstance(log, bool) else log.get(name, False)
         for label, (steps, runs) in lines.items():
-            band(ax, np.asarray(steps), np.asarray(runs), label=label, color=colors[label], log=is_log)
-            handles[label] = Line2D([], [], color=ax.get_lines()[-1].get_color(), linewidth=1.6)
+            runs = np.asarray(runs, np.float64)
+            band(ax, np.asarray(steps), runs, label=label, color=colors[label], log=is_log)
+            color = ax.get_lines()[-1].get_color()
+            centre = np.exp(np.mean(np.log(np.maximum(runs, 1e-300)), axis=0)) if is_log else runs.mean(axis=0)
+            ax.plot(steps, centre, "o", markersize=3, color=color)       # a run stopped at its first evaluation
+            handles[label] = Line2D([], [], color=color, linewidth=1.6, marker="o", markersize=3)
         if baseline and name in baseline:
             ax.axhline(baseline[name], color="k", linestyle="--", linewidth=1.0)
         if is_log:
