@@ -180,6 +180,7 @@ def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
 
 
 def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
+                                 is_causal: bool = False, key_lengths: Array | None = None,
                                  bias: Array | None = None, dropout_rate: float = 0.0,
                                  dropout_key: PRNGKey | None = None, return_weights: bool = False,
                                  implementation: str | None = None, scale: float | None = None):
@@ -195,6 +196,14 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
       v: (B, Tk, N, Kv) values.
       mask: boolean, True = attend, broadcastable to (B, N, Tq, Tk) (rank <= 4;
         missing leading axes are 1). A fully masked query row outputs zeros.
+      is_causal: query i attends key j only if ``j <= i`` (top-left aligned when
+        Tq != Tk), the same as ``mask=causal_mask(Tq, Tk)``.
+      key_lengths: (B,) ints in [1, Tk]: key j of batch b is attended only if
+        ``j < key_lengths[b]``, the same as ``mask=padding_mask(key_lengths, Tk)``.
+        On the fast path ``is_causal`` and ``key_lengths`` go to
+        ``jax.nn.dot_product_attention`` as ``is_causal`` and
+        ``key_value_seq_lengths``, so no (B, N, Tq, Tk) mask or bias is built and
+        cuDNN's flash kernel can run (a dense ``mask`` becomes a materialised bias there).
       bias: float, broadcastable to (B, N, Tq, Tk), added to the scaled logits
         (must be finite; use ``mask`` to forbid positions).
       dropout_rate: attention-weight dropout in [0, 1); applied only when
@@ -226,22 +235,35 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
     Tk = k.shape[1]
     target = (B, N, Tq, Tk)
     mask = check_mask(mask, target)
+    is_causal = checks.check_bool(is_causal, "is_causal")
+    if key_lengths is not None:
+        if isinstance(key_lengths, (list, tuple)):
+            key_lengths = np.asarray(key_lengths)
+        checks.check_array(key_lengths, "key_lengths", 1, "(B,)", kind="integer")
+        key_lengths = checks.check_lengths(key_lengths, B, Tk, "key_lengths")
     bias = checks.check_bias(bias, target)
     dropout_rate = checks.check_rate(dropout_rate, "dropout_rate")
     scale = 1.0 / math.sqrt(K) if scale is None else float(scale)
+
+    def structured():                       # is_causal and key_lengths as a boolean mask
+        return combine_masks(causal_mask(Tq, Tk) if is_causal else None,
+                             None if key_lengths is None else padding_mask(key_lengths, Tk))
 
     use_dropout = dropout_rate > 0.0 and dropout_key is not None
     fast = implementation in ("xla", "cudnn") or (implementation is None and jax.default_backend() != "cpu")
     # jax.nn.dot_product_attention computes its softmax in float32: float64 stays on the reference.
     if not fast or return_weights or use_dropout or v.shape[-1] != K or q.dtype == jnp.float64:
-        out, weights = _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key)
+        out, weights = _reference_attention(q, k, v, combine_masks(mask, structured()), bias, scale,
+                                            dropout_rate, dropout_key)
         return (out, weights) if return_weights else out
 
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                       implementation=implementation)
+    lengths = None if key_lengths is None else key_lengths.astype(jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+                                       key_value_seq_lengths=lengths, implementation=implementation)
     if mask is not None:
-        # jax.nn.dot_product_attention averages v over a fully masked row: zero it.
-        row_valid = jnp.any(mask, axis=-1)                                   # (B|1, N|1, Tq)
+        # jax.nn.dot_product_attention averages v over a fully masked row: zero it. (is_causal
+        # and key_lengths alone never mask a whole row: key 0 is always attended.)
+        row_valid = jnp.any(combine_masks(mask, structured()), axis=-1)     # (B|1, N|1, Tq)
         row_valid = jnp.transpose(row_valid, (0, 2, 1))[..., None]           # (B|1, Tq, N|1, 1)
         out = jnp.where(row_valid, out, jnp.zeros((), out.dtype))
     return out
@@ -271,16 +293,17 @@ class MultiHeadAttention(NamedTuple):
     Attributes:
       init: ``init(key, query_size, key_size=None, value_size=None, dtype=float32) -> params``
         (``key_size`` defaults to ``query_size``, ``value_size`` to ``key_size``).
-      apply: ``apply(params, q, k=None, v=None, *, mask=None, bias=None,
-        return_weights=False, dropout_key=None)``: q (B, Tq, Eq), k (B, Tk, Ek),
+      apply: ``apply(params, q, k=None, v=None, *, mask=None, is_causal=False,
+        key_lengths=None, bias=None, return_weights=False, dropout_key=None)``: q (B, Tq, Eq), k (B, Tk, Ek),
         v (B, Tk, Ev) (``k`` defaults to ``q``, ``v`` to ``k``: self-attention) ->
         out (B, Tq, Do), or ``(out, weights)`` with weights (B, N, Tq, Tk).
-        Deterministic unless ``dropout_key`` is given.
+        Deterministic unless ``dropout_key`` is given. ``is_causal`` and ``key_lengths``
+        (B,) are the structured masks of :func:`scaled_dot_product_attention`.
       apply_jit: ``jax.jit(apply)`` with ``return_weights`` static.
       heads: ``heads(params, name, x) -> (B, T, N, K)``, the projection ``name`` in
         {"query", "key", "value"} split into heads.
-      attend: ``attend(params, qh, kh, vh, *, mask=None, bias=None, return_weights=False,
-        dropout_key=None)``: attention over projected heads, then W^O. ``apply`` is
+      attend: ``attend(params, qh, kh, vh, *, mask=None, is_causal=False, key_lengths=None,
+        bias=None, return_weights=False, dropout_key=None)``: attention over projected heads, then W^O. ``apply`` is
         ``attend(heads(q), heads(k), heads(v))``; a key/value cache calls it directly.
       config: the :class:`MHAConfig`.
     """
@@ -352,9 +375,10 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         y = dense(params[name], x)                                            # (B, T, D)
         return y.reshape(*x.shape[:-1], N, K)                                 # (B, T, N, K)
 
-    def attend(params: Params, qh: Array, kh: Array, vh: Array, *, mask=None, bias=None,
-               return_weights: bool = False, dropout_key: PRNGKey | None = None):
-        res = scaled_dot_product_attention(qh, kh, vh, mask=mask, bias=bias,
+    def attend(params: Params, qh: Array, kh: Array, vh: Array, *, mask=None, is_causal: bool = False,
+               key_lengths=None, bias=None, return_weights: bool = False, dropout_key: PRNGKey | None = None):
+        res = scaled_dot_product_attention(qh, kh, vh, mask=mask, is_causal=is_causal,
+                                           key_lengths=key_lengths, bias=bias,
                                            dropout_rate=config.dropout, dropout_key=dropout_key,
                                            return_weights=return_weights,
                                            implementation=implementation)
@@ -363,8 +387,8 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         return (out, w) if return_weights else out
 
     def apply(params: Params, q: Array, k: Array | None = None, v: Array | None = None, *,
-              mask: Array | None = None, bias: Array | None = None, return_weights: bool = False,
-              dropout_key: PRNGKey | None = None):
+              mask: Array | None = None, is_causal: bool = False, key_lengths: Array | None = None,
+              bias: Array | None = None, return_weights: bool = False, dropout_key: PRNGKey | None = None):
         k = q if k is None else k
         v = k if v is None else v
         for name, x, size, layout in (("q", q, "query", "(B, Tq, Eq)"), ("k", k, "key", "(B, Tk, Ek)"),
@@ -382,8 +406,8 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         check_mask(mask, (q.shape[0], N, q.shape[1], k.shape[1]))
         # (A fused (E, 3D) QKV projection for self-attention measured no faster on XLA:CPU.)
         qh, kh, vh = heads(params, "query", q), heads(params, "key", k), heads(params, "value", v)
-        return attend(params, qh, kh, vh, mask=mask, bias=bias, return_weights=return_weights,
-                      dropout_key=dropout_key)
+        return attend(params, qh, kh, vh, mask=mask, is_causal=is_causal, key_lengths=key_lengths,
+                      bias=bias, return_weights=return_weights, dropout_key=dropout_key)
 
     apply_jit = jax.jit(apply, static_argnames=("return_weights",))
     return MultiHeadAttention(init, apply, apply_jit, heads, attend, config)

@@ -19,7 +19,7 @@ B, TQ, TK, N, K = 2, 3, 5, 2, 4
 
 # One compile per configuration instead of dozens of eager per-op compiles.
 sdpa = jax.jit(A.scaled_dot_product_attention,
-               static_argnames=("return_weights", "implementation", "dropout_rate", "scale"))
+               static_argnames=("return_weights", "implementation", "dropout_rate", "scale", "is_causal"))
 
 
 def _qkv(seed=0, dtype=jnp.float32, tq=TQ, tk=TK):
@@ -137,6 +137,47 @@ def test_padding_invariance_through_gradients(implementation):
     v2 = v.at[1, 2:].set(100.0)
     np.testing.assert_array_equal(sdpa(q, k, v, mask=mask, implementation=implementation),
                                   sdpa(q, k, v2, mask=mask, implementation=implementation))
+
+
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("tq", [TQ, TK])
+def test_structured_masks_equal_their_dense_masks_through_gradients(implementation, tq):
+    """is_causal and key_lengths (passed to jax.nn.dot_product_attention as is_causal and
+    key_value_seq_lengths on the fast path) give the dense causal_mask/padding_mask results,
+    combine with a dense mask, and send no gradient to masked keys."""
+    q, k, v = _qkv(7, tq=tq)
+    lengths = jnp.array([TK, 2])
+    dense = A.combine_masks(A.causal_mask(tq, TK), A.padding_mask(lengths, TK))
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
+    structured = loss(lambda q, k, v: sdpa(q, k, v, is_causal=True, key_lengths=lengths,
+                                           implementation=implementation))
+    reference = loss(lambda q, k, v: sdpa(q, k, v, mask=dense, implementation="reference"))
+    np.testing.assert_allclose(structured(q, k, v), reference(q, k, v), rtol=1e-5)
+    for g, r in zip(jax.grad(structured, (0, 1, 2))(q, k, v), jax.grad(reference, (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+    gk, gv = jax.grad(structured, (1, 2))(q, k, v)
+    np.testing.assert_array_equal(gk[1, 2:], 0.0)
+    np.testing.assert_array_equal(gv[1, 2:], 0.0)
+    # with a dense mask as well: the three are ANDed, and a row masked out entirely is zeros
+    extra = jnp.ones((1, 1, tq, TK), bool).at[..., 0, :].set(False)
+    out = sdpa(q, k, v, mask=extra, is_causal=True, key_lengths=lengths, implementation=implementation)
+    np.testing.assert_allclose(out, sdpa(q, k, v, mask=A.combine_masks(extra, dense), implementation="reference"),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[:, 0], 0.0)
+
+
+def test_structured_masks_bad_inputs_name_the_argument():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"key_lengths must lie in \[1, T\]"):
+        A.scaled_dot_product_attention(q, k, v, key_lengths=jnp.array([0, 3]))
+    with pytest.raises(ValueError, match=r"key_lengths must have shape \(B,\)"):
+        A.scaled_dot_product_attention(q, k, v, key_lengths=jnp.array([3, 3, 3]))
+    with pytest.raises(TypeError, match="key_lengths"):
+        A.scaled_dot_product_attention(q, k, v, key_lengths=jnp.array([3.0, 2.0]))
+    with pytest.raises(TypeError, match="is_causal"):
+        A.scaled_dot_product_attention(q, k, v, is_causal="yes")
 
 
 def test_attention_dropout_needs_a_key_and_is_reproducible():
