@@ -41,7 +41,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax import attention, cells, checks, layers, recurrent, transformer
+from seqjax import cells, checks, layers, recurrent, transformer
 from seqjax.types import Array, Carry, Params, PRNGKey
 
 __all__ = ["SequenceModelConfig", "SequenceModel", "sequence_model",
@@ -246,10 +246,8 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
               dropout_key: PRNGKey | None = None) -> Array:
         h = _embed_inputs(config, params, x, scale=math.sqrt(D))           # (B, T, D) or (B, T, E)
         B, T = h.shape[:2]
-        mask = attention.causal_mask(T) if config.causal else None        # (1, 1, T, T)
         if lengths is not None:
             lengths = checks.check_lengths(lengths, B, T)
-            mask = attention.combine_masks(mask, attention.padding_mask(lengths, T))
             # zero padded inputs before any use: a NaN there times its zero attention weight
             # would still be NaN, and so would the input projection's gradient (0 * NaN)
             valid = (jnp.arange(T)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
@@ -257,7 +255,8 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
         if config.vocab_size is None:
             h = layers.dense(params["input"], h)                            # (B, T, D)
         h = pos.apply(params["pos"], h)
-        h = stack.apply(params["encoder"], h, mask=mask, dropout_key=dropout_key)  # (B, T, D)
+        h = stack.apply(params["encoder"], h, is_causal=config.causal, lengths=lengths,
+                        dropout_key=dropout_key)                             # (B, T, D)
         if config.readout == "last":
             last = jnp.full((B,), T - 1) if lengths is None else lengths - 1
             h = h[jnp.arange(B), last]                                      # (B, D)

@@ -297,10 +297,15 @@ class Layer(NamedTuple):
 
     Attributes:
       init: ``init(key, dtype=float32) -> params``.
-      apply: encoder layer ``apply(params, x, *, mask=None, dropout_key=None)``,
-        x (B, T, D), mask broadcastable to (B, N, T, T); decoder layer
-        ``apply(params, x, memory, *, tgt_mask=None, memory_mask=None, dropout_key=None)``,
-        x (B, S, D), memory (B, T, D), masks to (B, N, S, S) and (B, N, S, T). -> (B, T|S, D).
+      apply: encoder layer ``apply(params, x, *, mask=None, is_causal=False, lengths=None,
+        dropout_key=None)``, x (B, T, D), mask broadcastable to (B, N, T, T), lengths (B,);
+        decoder layer ``apply(params, x, memory, *, tgt_mask=None, memory_mask=None,
+        tgt_is_causal=False, memory_lengths=None, dropout_key=None)``, x (B, S, D), memory
+        (B, T, D), masks to (B, N, S, S) and (B, N, S, T), memory_lengths (B,). -> (B, T|S, D).
+        ``is_causal``/``tgt_is_causal`` and the lengths are structured masks (ANDed with any
+        dense mask): on GPU/TPU they reach ``jax.nn.dot_product_attention`` as ``is_causal``
+        and ``key_value_seq_lengths``, so no dense mask is built (see
+        :func:`seqjax.attention.scaled_dot_product_attention`).
       apply_jit: ``jax.jit(apply)``.
       step: ``step(params, x, cache, index, *, memory_kv=None, memory_mask=None)
         -> (y, cache)``: causal self-attention for x (B, s, D) at positions
@@ -364,18 +369,19 @@ def encoder_layer(cfg: StackConfig) -> Layer:
         return {"self_attn": mha.init(ka, D, dtype=dtype), "ff": _ff_init(kf, cfg, dtype),
                 "norm1": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype), "norm2": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)}
 
-    def _body(params, x, mask, key):
+    def _body(params, x, mask, is_causal, lengths, key):
         x = _sublayer(cfg, params["norm1"], x,
-                      lambda h: mha.apply(params["self_attn"], h, mask=mask, dropout_key=sub_key(key, 0)),
+                      lambda h: mha.apply(params["self_attn"], h, mask=mask, is_causal=is_causal,
+                                          key_lengths=lengths, dropout_key=sub_key(key, 0)),
                       sub_key(key, 1))
         return _sublayer(cfg, params["norm2"], x, lambda h: _ff(cfg, params["ff"], h, sub_key(key, 2)),
                          sub_key(key, 3))
 
-    def apply(params: Params, x: Array, *, mask: Array | None = None,
-              dropout_key: PRNGKey | None = None) -> Array:
+    def apply(params: Params, x: Array, *, mask: Array | None = None, is_causal: bool = False,
+              lengths: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
         _check_inputs(x, "x", D, "(B, T, D)")
         checks.check_mask(mask, (x.shape[0], N, x.shape[1], x.shape[1]))
-        return _body(params, x, mask, dropout_key)
+        return _body(params, x, mask, is_causal, lengths, dropout_key)
 
     def step(params: Params, x: Array, cache: KVCache, index, *, memory_kv=None, memory_mask=None):
         new = {}
@@ -410,7 +416,8 @@ def decoder_layer(cfg: StackConfig) -> Layer:
                 "norm2": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype), "norm3": layers.layer_norm_init(D, use_bias=cfg.use_bias, dtype=dtype)}
 
     def apply(params: Params, x: Array, memory: Array, *, tgt_mask: Array | None = None,
-              memory_mask: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
+              memory_mask: Array | None = None, tgt_is_causal: bool = False,
+              memory_lengths: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
         _check_inputs(x, "x", D, "(B, S, D)")
         _check_inputs(memory, "memory", D, "(B, T, D)")
         if memory.shape[0] != x.shape[0]:
@@ -420,10 +427,11 @@ def decoder_layer(cfg: StackConfig) -> Layer:
         checks.check_mask(memory_mask, (B, N, S, T), "memory_mask")
         key = dropout_key
         x = _sublayer(cfg, params["norm1"], x, lambda h: mha.apply(
-            params["self_attn"], h, mask=tgt_mask, dropout_key=sub_key(key, 0)), sub_key(key, 1))
+            params["self_attn"], h, mask=tgt_mask, is_causal=tgt_is_causal, dropout_key=sub_key(key, 0)),
+            sub_key(key, 1))
         x = _sublayer(cfg, params["norm2"], x, lambda h: mha.apply(
-            params["cross_attn"], h, memory, memory, mask=memory_mask, dropout_key=sub_key(key, 2)),
-            sub_key(key, 3))
+            params["cross_attn"], h, memory, memory, mask=memory_mask, key_lengths=memory_lengths,
+            dropout_key=sub_key(key, 2)), sub_key(key, 3))
         return _sublayer(cfg, params["norm3"], x, lambda h: _ff(cfg, params["ff"], h, sub_key(key, 4)),
                          sub_key(key, 5))
 
@@ -452,9 +460,10 @@ class Stack(NamedTuple):
 
     Attributes:
       init: ``init(key, dtype=float32) -> params``.
-      apply: encoder ``apply(params, x, *, mask=None, dropout_key=None)``; decoder
-        ``apply(params, x, memory, *, tgt_mask=None, memory_mask=None, dropout_key=None)``;
-        shapes as :class:`Layer`.
+      apply: encoder ``apply(params, x, *, mask=None, is_causal=False, lengths=None,
+        dropout_key=None)``; decoder ``apply(params, x, memory, *, tgt_mask=None,
+        memory_mask=None, tgt_is_causal=False, memory_lengths=None, dropout_key=None)``;
+        shapes and masks as :class:`Layer`.
       apply_jit: ``jax.jit(apply)``.
       init_cache: ``init_cache(batch_size, max_len, dtype=float32) -> [KVCache] * L`` (zeros).
       step: ``step(params, x, caches, index, *, memory_kv=None, memory_mask=None)
@@ -501,10 +510,12 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
 
     if is_decoder:
         def apply(params: Params, x: Array, memory: Array, *, tgt_mask: Array | None = None,
-                  memory_mask: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
+                  memory_mask: Array | None = None, tgt_is_causal: bool = False,
+                  memory_lengths: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
             _check_stack_params(params, L)
             for i, p in enumerate(params["layers"]):
                 x = layer.apply(p, x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                                tgt_is_causal=tgt_is_causal, memory_lengths=memory_lengths,
                                 dropout_key=sub_key(dropout_key, i))
             return _final(params, x)
 
@@ -512,11 +523,12 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
             return [(mha.heads(p["cross_attn"], "key", memory), mha.heads(p["cross_attn"], "value", memory))
                     for p in params["layers"]]
     else:
-        def apply(params: Params, x: Array, *, mask: Array | None = None,
-                  dropout_key: PRNGKey | None = None) -> Array:
+        def apply(params: Params, x: Array, *, mask: Array | None = None, is_causal: bool = False,
+                  lengths: Array | None = None, dropout_key: PRNGKey | None = None) -> Array:
             _check_stack_params(params, L)
             for i, p in enumerate(params["layers"]):
-                x = layer.apply(p, x, mask=mask, dropout_key=sub_key(dropout_key, i))
+                x = layer.apply(p, x, mask=mask, is_causal=is_causal, lengths=lengths,
+                                dropout_key=sub_key(dropout_key, i))
             return _final(params, x)
         memory_kv = None
 
@@ -721,11 +733,12 @@ def transformer(cfg: TransformerConfig) -> Transformer:
             params["tgt_embed"] = _embed_init(ks[1], Vt, D, dtype)
         return params
 
-    def _src_mask(B, T, src_lengths):
-        if src_lengths is None:
-            return None
-        lengths = checks.check_lengths(src_lengths, B, T, "src_lengths")
-        return attn.padding_mask(lengths, T)                                  # (B, 1, 1, T)
+    def _src_lengths(B, T, src_lengths):
+        return None if src_lengths is None else checks.check_lengths(src_lengths, B, T, "src_lengths")
+
+    def _src_mask(B, T, src_lengths):                                         # for the decode cache
+        lengths = _src_lengths(B, T, src_lengths)
+        return None if lengths is None else attn.padding_mask(lengths, T)   # (B, 1, 1, T)
 
     def _embed_pos(params, name, pos_name, tokens, offset, key):
         x = pos.apply(params[pos_name], _embed(params[name], tokens, D), offset)
@@ -735,17 +748,17 @@ def transformer(cfg: TransformerConfig) -> Transformer:
                dropout_key: PRNGKey | None = None) -> Array:
         src = check_tokens(src, Vs, "src")
         x = _embed_pos(params, "src_embed", "src_pos", src, 0, sub_key(dropout_key, 0))
-        return enc.apply(params["encoder"], x, mask=_src_mask(*src.shape, src_lengths),
+        return enc.apply(params["encoder"], x, lengths=_src_lengths(*src.shape, src_lengths),
                          dropout_key=sub_key(dropout_key, 1))
 
     def decode(params: Params, memory: Array, tgt_in: Array, *, src_lengths: Array | None = None,
                dropout_key: PRNGKey | None = None) -> Array:
         tgt_in = check_tokens(tgt_in, Vt, "tgt_in")
         checks.check_array(memory, "memory", 3, "(B, T, D)")
-        mmask = _src_mask(memory.shape[0], memory.shape[1], src_lengths)      # (B, 1, 1, T)
+        lengths = _src_lengths(memory.shape[0], memory.shape[1], src_lengths)
         y = _embed_pos(params, tgt_key, "tgt_pos", tgt_in, 0, sub_key(dropout_key, 2))
-        h = dec.apply(params["decoder"], y, memory, tgt_mask=attn.causal_mask(tgt_in.shape[1]),
-                      memory_mask=mmask, dropout_key=sub_key(dropout_key, 3))
+        h = dec.apply(params["decoder"], y, memory, tgt_is_causal=True, memory_lengths=lengths,
+                      dropout_key=sub_key(dropout_key, 3))
         return _logits(params, h, tgt_key)
 
     def apply(params: Params, src: Array, tgt_in: Array, *, src_lengths: Array | None = None,
@@ -839,8 +852,7 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         tokens = check_tokens(tokens, V, "tokens")
         x = dropout(pos.apply(params["pos"], _embed(params["embed"], tokens, D)), cfg.dropout,
                      sub_key(dropout_key, 0))
-        h = stack.apply(params["decoder"], x, mask=attn.causal_mask(tokens.shape[1]),
-                        dropout_key=sub_key(dropout_key, 1))
+        h = stack.apply(params["decoder"], x, is_causal=True, dropout_key=sub_key(dropout_key, 1))
         return _logits(params, h, "embed")
 
     def init_decode(params: Params, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> DecodeState:

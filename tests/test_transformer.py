@@ -124,6 +124,32 @@ def test_encoder_padding_invariance_through_gradients():
     assert np.abs(np.asarray(g[1, :3])).min() > 0
 
 
+def test_models_send_structured_masks_to_the_fused_kernel(seq2seq, lm, monkeypatch):
+    """On GPU/TPU every model's causal and padding masks reach jax.nn.dot_product_attention as
+    is_causal and key_value_seq_lengths, never as a dense mask (which cuDNN's flash kernel would
+    need materialised as a bias). The backend is faked so the fast path is taken on CPU."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, bias=None, mask=None, **kw):
+        calls.append((mask is None and bias is None, kw["is_causal"], kw["key_value_seq_lengths"] is not None))
+        return real(q, k, v, bias=bias, mask=mask, **kw)
+    monkeypatch.setattr(A.jax.nn, "dot_product_attention", spy)
+    monkeypatch.setattr(A.jax, "default_backend", lambda: "gpu")
+    model, params, src, tgt = seq2seq
+    fast = model.apply(params, src, tgt, src_lengths=jnp.array([6, 4, 2]))
+    layers_ = len(params["encoder"]["layers"])
+    # encoder self-attention: lengths; decoder self-attention: causal; cross-attention: lengths
+    assert calls == [(True, False, True)] * layers_ + [(True, True, False), (True, False, True)] * layers_, calls
+    calls.clear()
+    lm_model, lm_params = lm
+    lm_model.apply(lm_params, randint(4, (2, 7), 0, V))
+    assert calls and all(c == (True, True, False) for c in calls), calls
+    monkeypatch.undo()
+    np.testing.assert_allclose(fast, model.apply(params, src, tgt, src_lengths=jnp.array([6, 4, 2])),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_dropout_only_with_a_key(seq2seq):
     _, _, src, tgt = seq2seq
     m = T.transformer(_cfg(dropout=0.3))
