@@ -659,6 +659,23 @@ def _check_cache_room(state: DecodeState, s: int) -> None:
                          f"more than the KV cache length {S_max} (the max_len given to init_decode)")
 
 
+def _cached_step(state: DecodeState, tokens: Array, vocab_size: int,
+                 run: Callable[[Array], tuple[Array, list]]) -> tuple[Array, DecodeState]:
+    """One incremental-decoding step of either model over its KV caches.
+
+    ``tokens`` (B,) or (B, s) sit at positions ``state.index ..``; ``run(tokens (B, s))``
+    returns (logits (B, s, V), new caches). Returns logits (B, V) for (B,) tokens, else
+    (B, s, V), and the state advanced by s.
+    """
+    single = getattr(tokens, "ndim", None) == 1
+    tokens = check_tokens(tokens, vocab_size, "tokens", (1, 2))
+    tokens = tokens[:, None] if single else tokens
+    _check_cache_room(state, tokens.shape[1])
+    logits, caches = run(tokens)
+    state = state._replace(caches=caches, index=state.index + tokens.shape[1])
+    return (logits[:, 0] if single else logits), state
+
+
 def _check_decode_len(max_len, start, limit, name="max_len"):
     if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
         raise TypeError(f"{name} (the decode length) must be an int >= 1, got {max_len!r}")
@@ -775,16 +792,12 @@ def transformer(cfg: TransformerConfig) -> Transformer:
                            jnp.zeros((), jnp.int32))
 
     def decode_step(params: Params, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
-        single = getattr(tokens, "ndim", None) == 1
-        tokens = check_tokens(tokens, Vt, "tokens", (1, 2))
-        tokens = tokens[:, None] if single else tokens
-        _check_cache_room(state, tokens.shape[1])
-        y = _embed_pos(params, tgt_key, "tgt_pos", tokens, state.index, None)
-        h, caches = dec.step(params["decoder"], y, state.caches, state.index,
-                             memory_kv=state.memory_kv, memory_mask=state.memory_mask)
-        logits = _logits(params, h, tgt_key)
-        state = state._replace(caches=caches, index=state.index + tokens.shape[1])
-        return (logits[:, 0] if single else logits), state
+        def run(tokens):
+            y = _embed_pos(params, tgt_key, "tgt_pos", tokens, state.index, None)
+            h, caches = dec.step(params["decoder"], y, state.caches, state.index,
+                                 memory_kv=state.memory_kv, memory_mask=state.memory_mask)
+            return _logits(params, h, tgt_key), caches
+        return _cached_step(state, tokens, Vt, run)
 
     def start(params: Params, src: Array, max_len: int, *, sos_id: int | None = None,
               src_lengths: Array | None = None) -> tuple[Array, DecodeState]:
@@ -860,15 +873,11 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         return DecodeState(stack.init_cache(batch_size, max_len, dtype), (), None, jnp.zeros((), jnp.int32))
 
     def decode_step(params: Params, state: DecodeState, tokens: Array) -> tuple[Array, DecodeState]:
-        single = getattr(tokens, "ndim", None) == 1
-        tokens = check_tokens(tokens, V, "tokens", (1, 2))
-        tokens = tokens[:, None] if single else tokens
-        _check_cache_room(state, tokens.shape[1])
-        x = pos.apply(params["pos"], _embed(params["embed"], tokens, D), state.index)
-        h, caches = stack.step(params["decoder"], x, state.caches, state.index)
-        logits = _logits(params, h, "embed")
-        state = state._replace(caches=caches, index=state.index + tokens.shape[1])
-        return (logits[:, 0] if single else logits), state
+        def run(tokens):
+            x = pos.apply(params["pos"], _embed(params["embed"], tokens, D), state.index)
+            h, caches = stack.step(params["decoder"], x, state.caches, state.index)
+            return _logits(params, h, "embed"), caches
+        return _cached_step(state, tokens, V, run)
 
     def start(params: Params, prompt: Array, max_len: int, *, sos_id: int | None = None,
               src_lengths: Array | None = None) -> tuple[Array, DecodeState]:
