@@ -7,9 +7,11 @@ cross-entropy on the target, at initialisation. For every seed the gradient of t
 mean loss (the expected gradient over the batch) is taken, and the Frobenius norm of the
 gradient of each FFN matrix is read separately: W1 (D x F, ``ff/linear1/kernel``) and W2
 (F x D, ``ff/linear2/kernel``), for every layer of both stacks. Norms are averaged over
-``--seeds`` seeds (10, as Xiong et al.). A depth sweep (L = 6, 8, ..., 14) reads the last
-decoder layer's W2 gradient, the matrix of Xiong et al.'s Theorem 1 (Post-LN: independent of
-L; Pre-LN: scales like 1/sqrt(L)), plotted against L with a 1/sqrt(L) reference.
+``--seeds`` seeds (10: Xiong et al.'s Sec. 3.4 experiments "are repeated ten times using different
+random seeds"). A depth sweep (L = 6, 8, ..., 14, as their Fig. 3(c)(d)) reads the last decoder
+layer's W2 gradient, the matrix of their Theorem 1 (Sec. 3.3: a bound O(d sqrt(ln d)) for Post-LN,
+"which is independent of L", and O(d sqrt(ln d / L)) for Pre-LN), plotted against L with a
+1/sqrt(L) reference. Text read: see ``CHECKED_XIONG`` in ``experiments/papers.py``.
 Writes summary.json and reading.md (the numbers the README quotes) beside the data.
 ``python experiments/layernorm_placement.py --help``.
 """

@@ -1,14 +1,15 @@
 """Paper vs seqjax: run the checks and write results/papers/papers.md, one row per published claim.
 
 Each row names the paper and its figure, table or theorem, the setting, what the paper
-reports (quoted where its text was checked; where it was checked is in the "checked
-against" column), what seqjax measured in its own setting, and whether they agree under
-the rule written in the row. The measurements come from the default runs of
-``gradient_norms``, ``spectral_sweep``, ``layernorm_placement`` and ``long_range``, each run
-into ``--out``/<name>/ (``--skip-runs`` reuses what is there). The budget is the sum of
-theirs, about 35 minutes on 2 CPU cores, dominated by long_range (measured on the shared 2-core
-machine: long_range 24 min at load average 1-2; gradient_norms and layernorm_placement about 4 min
-each and spectral_sweep 9 s at load average 5).
+reports (in double quotes: verbatim from the text named in the "checked against" column,
+which says what was read and where; what could not be found is marked "unchecked"), what
+seqjax measured in its own setting, and whether they agree under the rule written in the
+row. The measurements come from the default runs of ``gradient_norms``, ``spectral_sweep``,
+``layernorm_placement`` and ``long_range``, each run into ``--out``/<name>/ (``--skip-runs``
+reuses what is there). The budget is the sum of theirs, about 35 minutes on 2 CPU cores,
+dominated by long_range (measured on the shared 2-core machine: long_range 24 min at load
+average 1-2; gradient_norms and layernorm_placement about 4 min each and spectral_sweep 9 s at
+load average 5).
 
     python experiments/papers.py                # make papers
     python experiments/papers.py --quick        # every experiment at its --quick size (the table then says so)
@@ -32,13 +33,30 @@ from seqjax import io
 EXPERIMENTS = {"gradient_norms": gradient_norms, "spectral_sweep": spectral_sweep,
                "layernorm_placement": layernorm_placement, "long_range": long_range}
 
-# Where each published statement was checked. ANCHORS: the team's record of claims checked against the
-# papers' text (the issue that asked for this table quotes the same sentences); code: the authors' own code.
+# Where each published statement was read (issue 11: the paper's own text, found with the search tools;
+# what could not be found is marked "unchecked"). Every quote in the "published" column is verbatim from
+# the source named in the "checked against" column.
 ARJOVSKY = "Arjovsky, Shah & Bengio 2016 (uRNN)"
 XIONG = "Xiong et al. 2020"
-CHECKED_ARJ = "paper text as quoted in the team's anchors (sec. 5) and issue 11; tasks in the authors' code " \
-              "(amarshah/complex_RNN: adding_problem.py, memory_problem.py)"
-CHECKED_XIONG = "the team's anchors (sec. 5) and issue 11; abstract read at arxiv-vanity.com/papers/2002.04745"
+PASCANU = "Pascanu, Mikolov & Bengio 2013"
+#: The paper's LaTeX source in the authors' repository, at its last commit before the paper/ folder was
+#: removed (2015-12-02, written in the ICLR 2016 style; the final arXiv / ICML 2016 text was not found).
+ARJ_TEX = ("github.com/amarshah/complex_RNN/blob/94dc6fbf3f110e9bb2fac9105cde9190e5ed9941/paper/uRNN/uRNN.tex "
+           "(the authors' LaTeX of 2015-12-02, whose section numbers are used here; the final ICML text not read)")
+ARJ_FIGS = "github.com/amarshah/complex_RNN/tree/94dc6fbf3f110e9bb2fac9105cde9190e5ed9941/paper/uRNN/figures"
+ARJ_CODE = "tasks: adding_problem.py, memory_problem.py at github.com/amarshah/complex_RNN (3537fbf)"
+CHECKED_ARJ_ADD = f"{ARJ_TEX}: Sec. 5 (Experiments), Sec. 5.2 (Adding Problem), caption of Fig. 2; {ARJ_CODE}"
+CHECKED_ARJ_COPY = f"{ARJ_TEX}: Sec. 5.1 (Copying memory problem), caption of Fig. 1; {ARJ_CODE}"
+#: The ICML 2020 text of Xiong et al. as a PDF-to-text copy in a public GitHub file, found with the code
+#: search's find_string (index id 17342012734; the tool does not name its repository). Fig. 3's caption is an
+#: image there and was not read.
+CHECKED_XIONG = ("abstract at www.arxiv-vanity.com/papers/2002.04745/; Sec. 3.3 (Theorem 1, 'Extended theory'), "
+                 "Sec. 3.4 and App. A.1 in the ICML 2020 text (public GitHub copy, search index id 17342012734); "
+                 "Fig. 3's caption unchecked")
+#: Pascanu et al.'s ICML 2013 text (JMLR W&CP 28), a public GitHub copy found with find_string (index id
+#: 63430901367); the arXiv abstract at www.arxiv-vanity.com/papers/1211.5063/.
+CHECKED_PASCANU = ("Sec. 2.1 ('The mechanics'), eqs. (6)-(7), in the ICML 2013 text (public GitHub copy, search "
+                   "index id 63430901367); abstract at www.arxiv-vanity.com/papers/1211.5063/")
 AGREE_FACTOR = 1.5      # "about the same across layers": last/first layer within this factor
 EXPONENT_TOLERANCE = 0.2
 
@@ -157,52 +175,72 @@ def _flat_orthogonal(out):
 
 
 CLAIMS = (
-    Claim(ARJOVSKY, "Fig. 2, adding problem", "paper: T = 100-750, RMSprop, batch 20-50; seqjax: T = 100",
-          '"The RNN with tanh and IRNN were not able to beat the baseline for any number of time steps" (MSE 0.167)',
-          CHECKED_ARJ, _long_range_claim("adding100", "rnn_tanh", "chance")),
-    Claim(ARJOVSKY, "Fig. 2, adding problem", "as above; the IRNN at T = 100",
-          "the same sentence: the IRNN does not beat 0.167", CHECKED_ARJ,
+    Claim(ARJOVSKY, "Fig. 2 and Sec. 5.2, adding problem",
+          "paper: T = 100, 200, 400, 750, RMSprop (lr 1e-3, decay 0.9), batch 20 and 50; seqjax: T = 100",
+          '"The RNN with tanh and IRNN were not able to beat the baseline for any number of time steps" (Sec. 5.2); '
+          'Fig. 2: "The RNN with tanh is not able to beat the baseline for any time length"; baseline MSE 0.167',
+          CHECKED_ARJ_ADD, _long_range_claim("adding100", "rnn_tanh", "chance")),
+    Claim(ARJOVSKY, "Sec. 5.2 text, adding problem (no IRNN curve is drawn in Fig. 2)",
+          "as above; the IRNN at T = 100",
+          'the same sentence; Sec. 5: "we found the IRNN to be particularly unstable; it only ran without blowing up '
+          'with incredibly low learning rates and gradient clipping"', CHECKED_ARJ_ADD,
           _long_range_claim("adding100", "irnn", "chance")),
-    Claim(ARJOVSKY, "Fig. 2, adding problem", "paper: LSTM, T = 100 (leaves the baseline after about 1-2k "
-          "iterations); seqjax: T = 100", "the LSTM beats the 0.167 baseline up to T = 400", CHECKED_ARJ,
+    Claim(ARJOVSKY, "Fig. 2 and Sec. 5.2, adding problem", "paper: LSTM, T = 100 (in the authors' figure file "
+          "adding_100.jpeg it leaves the baseline after about 1-2k steps); seqjax: T = 100",
+          '"The LSTM and uRNN models are able to convincingly beat the baseline up to T=400 time steps" (Sec. 5.2)',
+          f"{CHECKED_ARJ_ADD}; figure file adding_100.jpeg in {ARJ_FIGS}",
           _long_range_claim("adding100", "lstm", "beats")),
-    Claim(ARJOVSKY, "Fig. 2, adding problem", "paper: LSTM, T = 200; seqjax: T = 200",
-          "the LSTM beats the 0.167 baseline up to T = 400", CHECKED_ARJ,
-          _long_range_claim("adding200", "lstm", "beats")),
-    Claim(ARJOVSKY, "Fig. 1, copying memory", "paper: T = 100; seqjax: T = 100",
-          '"The LSTM is able to beat the baseline only for 100 time steps" (about 0.145 against 0.173)',
-          CHECKED_ARJ, _long_range_claim("copying100", "lstm", "beats")),
-    Claim(ARJOVSKY, "Fig. 1, copying memory", "paper: T = 200; seqjax: T = 200",
-          "the same caption: at T = 200 the LSTM does not beat the baseline (0.0945)", CHECKED_ARJ,
-          _long_range_claim("copying200", "lstm", "chance")),
-    Claim(ARJOVSKY, "Fig. 1, copying memory", "paper: the uRNN, T = 100-500; seqjax: the orthogonal RNN of expRNN "
-          "(Lezcano-Casado & Martinez-Rubio 2019), T = 100", "the unitary RNN solves the task for T up to 500 "
-          "(expRNN's own copying numbers are not checked here)", CHECKED_ARJ,
+    Claim(ARJOVSKY, "Fig. 2 and Sec. 5.2, adding problem", "paper: LSTM, T = 200; seqjax: T = 200",
+          "the same sentence", CHECKED_ARJ_ADD, _long_range_claim("adding200", "lstm", "beats")),
+    Claim(ARJOVSKY, "Fig. 1, copying memory", "paper: T = 100, RMSprop; seqjax: T = 100",
+          '"The LSTM is able to beat the baseline only for 100 times steps" (Fig. 1 caption, sic); at T = 100 its '
+          'curve ends near 0.145 against the baseline 0.173 (read off the authors\' figure file memory_100.jpeg)',
+          f"{CHECKED_ARJ_COPY}; figure file memory_100.jpeg in {ARJ_FIGS}",
+          _long_range_claim("copying100", "lstm", "beats")),
+    Claim(ARJOVSKY, "Fig. 1 and Sec. 5.1, copying memory", "paper: T = 200; seqjax: T = 200",
+          'the same caption; Sec. 5.1: "aside from the simplest case, both the RNN with tanh and more surprisingly '
+          'the LSTMs get almost exactly the same cost as the memoryless strategy" (0.0945 at T = 200)',
+          CHECKED_ARJ_COPY, _long_range_claim("copying200", "lstm", "chance")),
+    Claim(ARJOVSKY, "Fig. 1 and Sec. 5.1, copying memory", "paper: the uRNN, T = 100-500; seqjax: the orthogonal "
+          "RNN of expRNN (Lezcano-Casado & Martinez-Rubio 2019), a different parametrisation, T = 100",
+          '"The uRNN consistently achieves perfect performance in relatively few iterations, even when having to '
+          'recall sequences after 500 time steps" (Sec. 5.1); expRNN\'s own copying numbers: unchecked (its paper\'s '
+          'experiments section was not found)', CHECKED_ARJ_COPY,
           _long_range_claim("copying100", "orthogonal", "beats")),
-    Claim(ARJOVSKY, "Fig. 1, copying memory", "as above, T = 200", "as above", CHECKED_ARJ,
+    Claim(ARJOVSKY, "Fig. 1 and Sec. 5.1, copying memory", "as above, T = 200", "as above", CHECKED_ARJ_COPY,
           _long_range_claim("copying200", "orthogonal", "beats")),
     Claim(ARJOVSKY, "abstract", "seqjax: the headline figure, adding T = 100, at initialisation",
-          '"When the eigenvalues of the hidden-to-hidden weight matrix deviate from absolute value 1, optimization '
-          'becomes difficult due to the well-studied issue of vanishing and exploding gradients"',
-          "abstract text (docslib.org/doc/5079336, huggingface.co/datasets/nvidia/Nemotron-CC-Math-v1)",
+          '"When the eigenvalues of the hidden to hidden weight matrix deviate from absolute value 1, optimization '
+          'becomes difficult due to the well studied issue of vanishing and exploding gradients"',
+          f"abstract at www.arxiv-vanity.com/papers/1511.06464/ (arXiv text); the same words in {ARJ_TEX}",
           _flat_orthogonal),
-    Claim("Pascanu, Mikolov & Bengio 2013", "sufficient condition for vanishing", "tanh RNN, gamma = 1; seqjax: "
-          "W_hh = sigma Q, float64", "‖dh_T/dh_0‖ <= (gamma sigma_max)^T: sigma_max < 1/gamma is sufficient for "
-          "vanishing", "the team's anchors (oracle 2) and issue 11 (not re-read here)", _bound("tanh")),
-    Claim("Pascanu, Mikolov & Bengio 2013", "sufficient condition for vanishing", "sigmoid RNN, gamma = 1/4",
-          "the bound (sigma_max / 4)^T; vanishing is guaranteed for sigma_max < 4",
-          "the team's anchors (oracle 2) and issue 11 (not re-read here)", _bound("sigmoid")),
-    Claim(XIONG, "abstract; Sec. 3", "paper: 6-6 encoder-decoder at init; seqjax: the same shape, D = 64",
-          'Post-LN: "the expected gradients of the parameters near the output layer are large"', CHECKED_XIONG,
-          _near_output),
-    Claim(XIONG, "Sec. 3.4, Fig. 3", "as above, 10 seeds, W1 and W2 separately",
-          "Post-LN's FFN gradient norm grows with the layer index", CHECKED_XIONG, _layer_trend("post_ln", True)),
-    Claim(XIONG, "Sec. 3.4, Fig. 3", "as above", "Pre-LN's stays about the same across layers "
-          f"(seqjax's rule: last/first within {AGREE_FACTOR}x)", CHECKED_XIONG, _layer_trend("pre_ln", False)),
-    Claim(XIONG, "Theorem 1", "the last layer's W2, L = 6..14", "Post-LN: independent of L "
-          f"(seqjax's rule: fitted exponent within {EXPONENT_TOLERANCE} of 0)", CHECKED_XIONG, _depth("post_ln", 0.0)),
-    Claim(XIONG, "Theorem 1", "as above", "Pre-LN: scales like 1/sqrt(L) "
-          f"(fitted exponent within {EXPONENT_TOLERANCE} of -0.5)", CHECKED_XIONG, _depth("pre_ln", -0.5)),
+    Claim(PASCANU, "Sec. 2.1, sufficient condition for vanishing", "tanh RNN; seqjax: W_hh = sigma Q (every "
+          "singular value sigma), float64, against the bound (gamma sigma)^T that eqs. (6)-(7) give",
+          '"it is sufficient for λ1 < 1/γ, where λ1 is the largest singular value of W_rec, for the vanishing '
+          'gradient problem to occur"; "For tanh we have γ = 1"', CHECKED_PASCANU, _bound("tanh")),
+    Claim(PASCANU, "Sec. 2.1, sufficient condition for vanishing", "sigmoid RNN; seqjax: as above, the bound "
+          "(sigma / 4)^T", '"while for sigmoid we have γ = 1/4": with the condition above, λ1 < 4 is sufficient '
+          'for vanishing', CHECKED_PASCANU, _bound("sigmoid")),
+    Claim(XIONG, "abstract; Sec. 3.3", "paper: 6-6 encoder-decoder (D = 512, FFN 1024, 4 heads, IWSLT14 De-En; "
+          "App. A.1) at init; seqjax: 6-6, D = 64, F = 256, a random-token copy task",
+          'Post-LN: "the expected gradients of the parameters near the output layer are large" (abstract); '
+          '"the gradient norm in the Post-LN Transformer is large for the parameters near the output" (Sec. 3.3)',
+          CHECKED_XIONG, _near_output),
+    Claim(XIONG, "Sec. 3.4, Fig. 3(a)(b)", "as above, 10 seeds (paper: \"repeated ten times\"); seqjax reads W1 "
+          "and W2 separately", '"the scale of the expected gradients grows along with the layer index for the '
+          'Post-LN Transformer" (Sec. 3.4)', CHECKED_XIONG, _layer_trend("post_ln", True)),
+    Claim(XIONG, "Sec. 3.4, Fig. 3(a)(b)", "as above", '"the scale almost keeps the same for different layers in '
+          f'the Pre-LN Transformer" (Sec. 3.4; seqjax\'s rule: last/first within {AGREE_FACTOR}x)', CHECKED_XIONG,
+          _layer_trend("pre_ln", False)),
+    Claim(XIONG, "Theorem 1; Sec. 3.4, Fig. 3(c)", "the last layer's W2, L = 6..14 (paper: 6-6 to 14-14)",
+          'Post-LN: ‖∂L/∂W^{2,L}‖_F <= O(d sqrt(ln d)) (Theorem 1), "which is independent of L" (the sentence after '
+          'it); "the gradient norm remains in the Post-LN Transformer (around 1.6)" (Sec. 3.4; seqjax\'s rule: '
+          f'fitted exponent within {EXPONENT_TOLERANCE} of 0)', CHECKED_XIONG, _depth("post_ln", 0.0)),
+    Claim(XIONG, "Theorem 1; Sec. 3.4, Fig. 3(d)", "as above",
+          'Pre-LN: ‖∂L/∂W^{2,L}‖_F <= O(d sqrt(ln d / L)) (Theorem 1, an upper bound); "the gradients of all '
+          'parameters will be normalized by √L" (Sec. 3.3); it "decreases in the Pre-LN Transformer" (Sec. 3.4; '
+          f"seqjax's rule: fitted exponent within {EXPONENT_TOLERANCE} of -0.5)", CHECKED_XIONG,
+          _depth("pre_ln", -0.5)),
 )
 
 

@@ -5,9 +5,12 @@ x_t ~ N(0, 1), loss L = v . h_T with a unit v. For the linear RNN the answer is 
 ||dL/dh_0|| = sigma^T (dh_T/dh_0 is sigma^T times an orthogonal matrix), drawn as the
 analytic line. With |f'| <= gamma the same product gives the bound (gamma sigma)^T:
 gamma = 1 for tanh and ReLU (the bound is sigma^T), gamma = 1/4 for the sigmoid (the bound
-is (sigma/4)^T, swept over its own range of sigma). Pascanu et al. 2013 show sigma < 1/gamma
-is sufficient for vanishing and sigma > 1/gamma necessary for exploding. Writes
-summary.json and reading.md (the numbers the README quotes) beside the data.
+is (sigma/4)^T, swept over its own range of sigma). Pascanu et al. 2013, Sec. 2.1 (ICML text):
+"it is sufficient for λ1 < 1/γ, where λ1 is the largest singular value of W_rec, for the
+vanishing gradient problem to occur", the inverted proof gives the necessary condition for
+exploding (λ1 > 1/γ), and "For tanh we have γ = 1 while for sigmoid we have γ = 1/4" (ReLU's
+gamma = 1 is ours). Writes summary.json and reading.md (the numbers the README quotes) beside
+the data.
 ``python experiments/spectral_sweep.py --help``.
 """
 

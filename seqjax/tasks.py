@@ -123,11 +123,14 @@ def _random_tokens_core(key, batch_size, length, vocab_size, min_length):
 
 def seq2seq_copy(key: PRNGKey, batch_size: int, *, length: int = 10, vocab_size: int = 11,
                  min_length: int | None = None) -> Seq2SeqBatch:
-    """The copy task of the Annotated Transformer: the target is the source.
+    """A copy task modelled on the Annotated Transformer's: the target is the source.
 
-    With the defaults (vocabulary 11, length 10, as in the Annotated Transformer),
-    ids 0, 1, 2 are PAD, SOS, EOS and the data tokens are drawn uniformly from the
-    remaining ids ``3 .. vocab_size - 1`` (8 symbols). Jitted inside (sizes static); jittable from outside too.
+    The defaults (vocabulary 11, length 10) are the Annotated Transformer's (``data_gen``
+    and ``example_simple_model`` in ``the_annotated_transformer.py`` of
+    ``harvardnlp/annotated-transformer``), whose data tokens are ids 1..10 with the first
+    forced to 1 and no EOS. Here ids 0, 1, 2 are PAD, SOS, EOS and the data tokens are
+    drawn uniformly from the remaining ids ``3 .. vocab_size - 1`` (8 symbols). Jitted
+    inside (sizes static); jittable from outside too.
 
     Args:
       key: PRNG key.
@@ -338,14 +341,22 @@ class ClassificationBatch(NamedTuple):
 
 
 def adding(key: PRNGKey, batch_size: int, *, length: int = 100) -> RegressionBatch:
-    r"""The adding problem (Hochreiter & Schmidhuber 1997), in the variant of
-    Le et al. 2015 and Arjovsky et al. 2016.
+    r"""The adding problem in the variant of Arjovsky et al. 2016.
 
     Channel 0 holds ``x[:, t, 0] ~ U[0, 1]``; channel 1 is zero except for two ones at
     ``i ~ U{0 .. T/2 - 1}`` and ``j ~ T/2 + U{0 .. T/2 - 1}``. The target is
-    :math:`x_i + x_j`, scored by the MSE of the prediction after the last step.
+    :math:`x_i + x_j`, scored by the MSE of the prediction after the last step. This is
+    ``generate_data`` of ``adding_problem.py`` in the authors' code (``amarshah/complex_RNN``);
+    their text (Sec. 5.2 of their LaTeX): "The first 1 entry is located uniformly at random
+    in the first half of the sequence, whilst the second 1 entry is located uniformly at
+    random in the second half". Hochreiter & Schmidhuber's original adding problem differs
+    (values in [-1, 1], the first marker among the first ten steps, target
+    0.5 + (X1 + X2)/4; "Experiment 1: adding problem" at people.idsia.ch/~juergen/nipslstm/node4.html);
+    Le et al. 2015's variant is unchecked.
     Chance: predicting the mean 1 always gives MSE Var(U + U') = 1/6
-    (:func:`adding_baseline`); "solved" means test MSE < 0.01. Jittable.
+    (:func:`adding_baseline`; Arjovsky et al.: "an expected mean squared error of 0.167,
+    the variance of the sum of two independent uniform distributions"); "solved" means
+    test MSE < 0.01 (seqjax's rule). Jittable.
 
     Args:
       key: PRNG key.
@@ -390,16 +401,19 @@ _COPY_SYMBOLS = 10   # how many symbols are memorised
 
 
 def copying_memory(key: PRNGKey, batch_size: int, *, delay: int = 100) -> SequenceLabelBatch:
-    r"""Copying memory (Arjovsky, Shah & Bengio 2016).
+    r"""Copying memory (Arjovsky, Shah & Bengio 2016, Sec. 5.1 of the authors' LaTeX).
 
-    Alphabet: 0 blank, 1-8 data, 9 delimiter. With T = ``delay``::
+    Alphabet: 0 blank, 1-8 data, 9 delimiter, as ``generate_data`` of ``memory_problem.py``
+    in the authors' code (``amarshah/complex_RNN``; the paper names the symbols a_0..a_7
+    data, a_8 blank, a_9 delimiter). With T = ``delay``::
 
         x = [s_1 .. s_10] + [0] * (T - 1) + [9] + [0] * 10        (length T + 20)
         y = [0] * (T + 10) + [s_1 .. s_10]
 
     scored by the mean cross-entropy over all T + 20 steps. Chance: a memoryless model
     predicts blank for the first T + 10 steps and a uniform data symbol for the last 10,
-    giving :math:`10 \ln 8 / (T + 20)` (:func:`copying_memory_baseline`). Jittable.
+    giving :math:`10 \ln 8 / (T + 20)` (:func:`copying_memory_baseline`; the paper: "The
+    categorical cross entropy of this strategy is 10 log(8)/(T+20)"). Jittable.
 
     Args:
       key: PRNG key.
