@@ -34,13 +34,15 @@ reproduce: $(STAMP)
 # script into results/<name>/ (data, config.json, PNG) and copied from there, with the
 # summary.json its README block is generated from (docs/figures/<name>.json; tests/test_papers.py
 # checks the README against it). long_range is the long one (about 30 min on 2 cores).
-FIGURES := spectral_sweep clipping layernorm_placement
+FIGURES := spectral_sweep clipping layernorm_placement attention_bottleneck task_types scaling
 figures: reproduce $(TEST_STAMP)
 	cp results/gradient_norms/gradient_norms.png docs/figures/
 	cp results/gradient_norms/summary.json docs/figures/gradient_norms.json
 	for e in $(FIGURES); do $(PY) experiments/$$e.py && cp results/$$e/$$e.png docs/figures/ \
 		&& { test ! -f results/$$e/summary.json || cp results/$$e/summary.json docs/figures/$$e.json; } || exit 1; done
 	cp results/layernorm_placement/layernorm_depth.png docs/figures/
+	$(PY) experiments/attention_maps.py --no-progress \
+		&& cp results/attention_maps/attention_maps.png results/attention_maps/transformer_attention_maps.png docs/figures/
 	$(PY) experiments/transformer_copy.py --no-progress && cp results/transformer_copy/loss_curve.png docs/figures/transformer_copy_loss.png
 	rm -rf results/long_range
 	$(PY) experiments/long_range.py --no-progress && cp results/long_range/learning_curves.png docs/figures/long_range.png
@@ -56,10 +58,22 @@ papers: $(TEST_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --durations=15 -q
 
+# Runs every benchmark script, each in its own process, into benchmarks/results/<name>.{json,md}
+# (medians, per-round times, achieved FLOP/s against the measured matmul peak, compile times, the
+# machine, the command and the date), then writes benchmarks/results/summary.md, the README's tables.
+# Run it on an idle machine (other jobs move the medians). accelerator.py uses its GPU/TPU-sized
+# shapes when JAX sees a GPU or TPU, and its --quick shapes on a CPU (`make bench ACCEL_FLAGS=`
+# forces the full shapes there).
+ACCEL_FLAGS = $(shell $(PY) -c 'import jax; print("--quick" if jax.default_backend() == "cpu" else "")')
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/recurrent.py
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/bidirectional.py
+	$(PY) benchmarks/input_projection.py
 	$(PY) benchmarks/state_gradients.py
+	$(PY) benchmarks/long_sequences.py
+	$(PY) benchmarks/accelerator.py $(ACCEL_FLAGS)
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,8 +11,10 @@ PyTorch for the same workload (PyTorch = 1.00x). Run::
 
 Peers, as a user of each library would write them:
 
-- seqjax: ``attention.multi_head_attention(N, D)`` (on CPU its default is the
-  written-out head-major path; a second row forces ``jax.nn.dot_product_attention``) and
+- seqjax: ``attention.multi_head_attention(N, D)`` (on CPU its default is
+  ``implementation="vjp"``, the written-out head-major path with a hand-written backward
+  pass; further rows force ``"jvp"`` (its custom-JVP form), ``"reference"`` (autodiff of
+  the written-out path) and ``"xla"`` (``jax.nn.dot_product_attention``)) and
   ``transformer.encoder_layer(StackConfig(...))``; ``jax.jit(jax.grad(loss))``.
 - Flax linen: ``nn.MultiHeadDotProductAttention``; the encoder layer is the usual
   linen composition (attention, Dense, LayerNorm; Post-LN, ReLU), as in the Flax examples.
@@ -50,9 +52,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 Candidate = tuple[str, str, Callable[[], Any]]   # (workload, implementation, run-once callable)
 
 
-def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> Callable[[], Any]:
-    grad = jax.jit(jax.grad(loss))
-    return lambda: jax.block_until_ready(grad(params, x))
+def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> _common.CompiledRunner:
+    return _common.CompiledRunner(jax.jit(jax.grad(loss)), params, x)
 
 
 # ----------------------------------------------------------------------------- seqjax
@@ -107,7 +108,7 @@ def _eqx_runner(model, x, fn):
     @eqx.filter_grad
     def grad(model, x):
         return jnp.sum(jax.vmap(lambda xb: fn(model, xb))(x) ** 2)
-    return lambda: jax.block_until_ready(grad(model, x))
+    return _common.CompiledRunner(grad, model, x)
 
 
 def equinox_mha(x, heads, key):
@@ -182,6 +183,8 @@ def build_candidates(workloads, batch: int, time: int, model: int, heads: int, f
     out: list[Candidate] = []
     if "mha" in workloads:
         out += [("mha", "seqjax", seqjax_mha(x, heads, k_p)),
+                ("mha", "seqjax jvp (custom_jvp, forward mode works)", seqjax_mha(x, heads, k_p, "jvp")),
+                ("mha", "seqjax reference (autodiff)", seqjax_mha(x, heads, k_p, "reference")),
                 ("mha", "seqjax via jax.nn.dot_product_attention", seqjax_mha(x, heads, k_p, "xla")),
                 ("mha", "Flax", flax_mha(x, heads, k_p)),
                 ("mha", "Equinox", equinox_mha(x, heads, k_p))]
@@ -235,7 +238,10 @@ def markdown(payload: dict[str, Any]) -> str:
     return (f"### Attention: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, D={c['model']}, {c['heads']} heads, F={c['ff']} (encoder layer), "
             f"float32, self-attention, no mask, no dropout; medians of {c['rounds']} interleaved rounds x "
-            f"{c['number']} calls, one process ({base} = 1.00x, lower is better).\n\n{table}\n"
+            f"{c['number']} calls, one process ({base} = 1.00x, lower is better). GFLOP/s: the workload's FLOPs "
+            f"(XLA's cost analysis of the compiled seqjax gradient, the same count for every implementation) "
+            f"over the median; % of the measured float32 matmul peak; compile s: `jit(...).lower().compile()`."
+            f"\n\n{table}\n"
             f"Machine: {_common.machine_line(payload['machine'])}; load average (1, 5, 15 min) at the end "
             f"{[round(v, 1) for v in payload['loadavg_at_end']]}.\n\nCommand: `{payload['command']}`\n")
 
@@ -252,8 +258,14 @@ def main(argv=None) -> dict[str, Any]:
     times = _common.time_interleaved({f"{w}/{i}": fn for w, i, fn in candidates}, rounds=args.rounds,
                                      number=args.number, warmup=args.warmup)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    analytic = {"mha": _common.attention_flops(args.batch, args.time, args.model),
+                "encoder_layer": _common.encoder_layer_flops(args.batch, args.time, args.model, args.ff)}
+    seqjax_runner = {w: fn for w, i, fn in candidates if i == "seqjax"}
+    flops = {w: _common.workload_flops(analytic[w], seqjax_runner[w]) for w in args.workloads}
     payload = {"benchmark": "attention", "config": config, "command": command.strip(), "machine": machine,
-               "rows": _common.ratio_rows(candidates, times, "workload"), "loadavg_at_end": list(os.getloadavg())}
+               "flops": flops, "rows": _common.ratio_rows(candidates, times, "workload", flops=flops,
+                                                          peak=_common.peak_flop_per_s(machine)),
+               "loadavg_at_end": list(os.getloadavg())}
     text = markdown(payload)
     _common.write_results(out_dir, "attention", payload, text)
     print(text, flush=True)

@@ -13,7 +13,9 @@ alone, to locate a difference), in one process, interleaved rounds, medians:
   so the scan reads xp (T, B, G*H) without transposing the larger array.
 
 It also records, from the compiled HLO of each gradient, the bytes carried by the
-forward while loop (the stacked per-step residuals autodiff saves). Run::
+forward while loop (the stacked per-step residuals autodiff saves), the jit compile
+time, and the achieved GFLOP/s: the layer's analytic matmul FLOPs
+(``_common.recurrent_flops``, the same count for every variant) over the median. Run::
 
     .venv/bin/python benchmarks/input_projection.py
     .venv/bin/python benchmarks/input_projection.py --quick --out /tmp/ip
@@ -107,7 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_workload(workload, cell_names, rounds: int, number: int) -> list[dict[str, Any]]:
+def run_workload(workload, cell_names, rounds: int, number: int, peak: float | None = None
+                 ) -> list[dict[str, Any]]:
     B, T, I, H = workload
     x = jax.random.normal(jax.random.key(0), (B, T, I), jnp.float32)
     fns, hlo = {}, {}
@@ -116,17 +119,21 @@ def run_workload(workload, cell_names, rounds: int, number: int) -> list[dict[st
         params = cell.init(jax.random.key(1), I)
         for variant in VARIANTS:
             loss = variant_loss(cell, variant, B)
-            grad, fwd = jax.jit(jax.grad(loss)), jax.jit(loss)
-            hlo[(name, variant)] = while_loop_bytes(grad.lower(params, x).compile().as_text())
-            fns[f"{name}/{variant}/fwd+bwd"] = lambda g=grad, p=params: jax.block_until_ready(g(p, x))
-            fns[f"{name}/{variant}/fwd"] = lambda f=fwd, p=params: jax.block_until_ready(f(p, x))
+            grad = _common.CompiledRunner(jax.jit(jax.grad(loss)), params, x)
+            hlo[(name, variant)] = while_loop_bytes(grad.compiled.as_text())
+            fns[f"{name}/{variant}/fwd+bwd"] = grad
+            fns[f"{name}/{variant}/fwd"] = _common.CompiledRunner(jax.jit(loss), params, x)
     times = _common.time_interleaved(fns, rounds=rounds, number=number, warmup=2)
     rows = []
     for key, secs in times.items():
         name, variant, mode = key.split("/")
+        stats = _common.summarize(secs)
+        flops = _common.workload_flops(_common.recurrent_flops(
+            _common.cell_gates(name), B, T, I, H, mode="grad" if mode == "fwd+bwd" else "forward"))
         rows.append({"workload": {"B": B, "T": T, "I": I, "H": H}, "cell": name, "variant": variant,
-                     "mode": mode, **_common.summarize(secs), "round_ms": [1e3 * s for s in secs],
-                     "while_loop_state_bytes": hlo[(name, variant)]})
+                     "mode": mode, **stats, "round_ms": [1e3 * s for s in secs],
+                     "while_loop_state_bytes": hlo[(name, variant)], "compile_s": fns[key].compile_seconds,
+                     **_common.flop_columns(flops, stats["median_ms"] / 1e3, peak)})
     for row in rows:    # ratio to `inside` for the same cell and mode
         ref = next(r for r in rows if r["cell"] == row["cell"] and r["mode"] == row["mode"]
                    and r["variant"] == "inside")
@@ -151,10 +158,12 @@ def markdown(payload: dict[str, Any]) -> str:
                           and r["mode"] == "fwd")
                 table.append([name, variant, fb["median_ms"], f"{fb['ratio_to_inside']:.2f}x",
                               fw["median_ms"], f"{fw['ratio_to_inside']:.2f}x",
-                              f"{sum(fb['while_loop_state_bytes']) / 2**20:.1f}"])
+                              f"{sum(fb['while_loop_state_bytes']) / 2**20:.1f}", f"{fb['gflop_per_s']:.1f}",
+                              f"{100 * fb['fraction_of_peak']:.1f}", f"{fb['compile_s']:.2f}"])
         lines.append(f"\n**B={B}, T={T}, I={I}, H={H}**\n")
         lines.append(_common.markdown_table(
-            ["cell", "variant", "fwd+bwd ms", "vs inside", "fwd ms", "vs inside", "while-loop state MiB"],
+            ["cell", "variant", "fwd+bwd ms", "vs inside", "fwd ms", "vs inside", "while-loop state MiB",
+             "fwd+bwd GFLOP/s", "% of peak", "compile s"],
             table))
     lines.append(f"\nMachine: {_common.machine_line(payload['machine'])}.\n\nCommand: `{payload['command']}`\n")
     return "\n".join(lines)
@@ -164,11 +173,11 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
     command = "python benchmarks/input_projection.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    machine = _common.machine_info(packages=("jax", "jaxlib", "numpy"))   # load average before compute
+    machine = _common.machine_info(packages=("jax", "jaxlib", "numpy", "torch"))   # load average before compute
     rows = []
     for workload in args.workloads:
         print(f"workload B,T,I,H = {workload}", flush=True)
-        rows += run_workload(workload, args.cells, args.rounds, args.number)
+        rows += run_workload(workload, args.cells, args.rounds, args.number, _common.peak_flop_per_s(machine))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": "input_projection", "config": config, "command": command.strip(),
                "machine": machine, "rows": rows,

@@ -11,7 +11,10 @@ resident memory is its own. Reported per point:
 * ``peak_rss_gib``: the subprocess's peak resident set size (``ru_maxrss``), which also
   holds the Python interpreter, JAX and the inputs;
 * ``seconds``: median wall time of one gradient call over ``--repeats`` calls, and the
-  compile time.
+  jit compile time (``.lower().compile()``);
+* ``gflop_per_s``: the layer's analytic matmul FLOPs (``_common.recurrent_flops``; the
+  forward recomputed under remat is not counted) over ``seconds``, and its fraction of the
+  float32 matmul peak measured once in the parent process.
 
 Run::
 
@@ -89,7 +92,9 @@ def main(argv=None) -> Path:
         print(json.dumps(measure(T, remat, args.batch, args.input_size, args.hidden, args.repeats)))
         return args.out
 
-    info = _common.machine_info(packages=("jax", "jaxlib", "numpy"))
+    info = _common.machine_info(packages=("jax", "jaxlib", "numpy", "torch"))
+    peak = _common.peak_flop_per_s(info)
+    gates = _common.cell_gates("lstm")
     rows = []
     for T in args.lengths:
         for remat in (None, args.remat):
@@ -99,6 +104,8 @@ def main(argv=None) -> Path:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
+            r.update(_common.flop_columns(_common.recurrent_flops(gates, args.batch, T, args.input_size,
+                                                                  args.hidden), r["seconds"], peak))
             print(f"T={T:6d} remat={str(remat):>5}: XLA temp {r['xla_temp_gib']:.3f} GiB, peak RSS "
                   f"{r['peak_rss_gib']:.2f} GiB, {r['seconds']:.2f} s/grad, compile {r['compile_seconds']:.1f} s",
                   flush=True)
@@ -106,11 +113,14 @@ def main(argv=None) -> Path:
     md = (f"# LSTM gradient memory and time against T\n\n`{command}`; H={args.hidden}, B={args.batch}, "
           f"E={args.input_size}, remat segment K={args.remat}.\n\nMachine: {_common.machine_line(info)}\n\n"
           + _common.markdown_table(
-              ["T", "remat", "XLA temp (GiB)", "peak RSS (GiB)", "s / gradient", "compile (s)"],
+              ["T", "remat", "XLA temp (GiB)", "peak RSS (GiB)", "s / gradient", "GFLOP/s", "% of peak",
+               "compile (s)"],
               [[r["T"], r["remat"] or "-", f"{r['xla_temp_gib']:.3f}", f"{r['peak_rss_gib']:.2f}",
-                f"{r['seconds']:.2f}", f"{r['compile_seconds']:.1f}"] for r in rows]))
+                f"{r['seconds']:.2f}", f"{r['gflop_per_s']:.1f}", f"{100 * r['fraction_of_peak']:.1f}",
+                f"{r['compile_seconds']:.1f}"] for r in rows]))
     stem = "long_sequences" + ("_quick" if args.quick else "")
-    _common.write_results(args.out, stem, {"command": command, "machine": info, "rows": rows,
+    _common.write_results(args.out, stem, {"benchmark": "long_sequences", "command": command, "machine": info,
+                                            "rows": rows,
                                             "config": {k: v for k, v in vars(args).items() if k != "out"}},
                           md)
     print(f"wrote {args.out / (stem + '.md')}")

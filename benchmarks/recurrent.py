@@ -16,10 +16,12 @@ such variables and the load average.
 
 Peers, as a user of each library would write them:
 
-- seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``;
-  "seqjax fused" is the same layer with ``fused_backward=True`` (a hand-written
-  backward pass: the backward scan only carries dh/dc, then one matmul per weight
-  gradient, as cuDNN does).
+- seqjax: ``recurrent.layer(cells.make(name, H))``, ``jax.jit(jax.grad(loss))``: the
+  default path, ``backward="jvp"`` (a ``jax.custom_jvp`` that JAX transposes into
+  cuDNN's backward: the backward scan only carries dh/dc, then one matmul per weight
+  gradient); "seqjax fused" is the same layer with ``backward="vjp"`` (that backward
+  written as a ``jax.custom_vjp``, ``fused_backward=True``) and "seqjax autodiff"
+  with ``backward="autodiff"`` (autodiff of the scan).
 - Flax linen: ``nn.RNN(cell)`` with ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``,
   ``SimpleCell`` (tanh).
 - Equinox: ``eqx.nn.LSTMCell`` / ``GRUCell`` in a ``lax.scan`` over time, ``jax.vmap``
@@ -51,19 +53,20 @@ CELLS = ("lstm", "gru", "rnn_tanh")
 CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FUSED = "seqjax fused"
+#: The seqjax rows: implementation label -> ``recurrent.layer(..., backward=...)``.
+SEQJAX_PATHS = {"seqjax": None, FUSED: "vjp", "seqjax autodiff": "autodiff"}
 
 Candidate = tuple[str, str, Callable[[], Any]]   # (cell, implementation, run-once callable)
 
 
-def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> Callable[[], Any]:
-    grad = jax.jit(jax.grad(loss))
-    return lambda: jax.block_until_ready(grad(params, x))
+def _jax_runner(loss: Callable, params: Any, x: jax.Array) -> _common.CompiledRunner:
+    return _common.CompiledRunner(jax.jit(jax.grad(loss)), params, x)
 
 
 def seqjax_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array,
-                     fused_backward: bool = False) -> Callable[[], Any]:
-    """seqjax's public layer: ``layer(cells.make(cell_name, H), fused_backward=...).apply``."""
-    layer = recurrent.layer(cells.make(cell_name, hidden), fused_backward=fused_backward)
+                     backward: str | None = None) -> Callable[[], Any]:
+    """seqjax's public layer: ``layer(cells.make(cell_name, H), backward=...).apply`` (None: the default)."""
+    layer = recurrent.layer(cells.make(cell_name, hidden), backward=backward)
     params = layer.init(key, x.shape[-1])
 
     def loss(params, x):
@@ -112,7 +115,7 @@ def equinox_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array)
     @eqx.filter_grad
     def grad(cell, x):
         return jnp.sum(jax.vmap(run, in_axes=(None, 0))(cell, x) ** 2)
-    return lambda: jax.block_until_ready(grad(cell, x))
+    return _common.CompiledRunner(grad, cell, x)
 
 
 def torch_candidate(cell_name: str, x: np.ndarray, hidden: int, seed: int,
@@ -149,8 +152,8 @@ def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden:
     candidates: list[Candidate] = []
     for name in cell_names:
         kp = jax.random.fold_in(k_params, CELLS.index(name))
-        candidates.append((name, "seqjax", seqjax_candidate(name, x, hidden, kp)))
-        candidates.append((name, FUSED, seqjax_candidate(name, x, hidden, kp, fused_backward=True)))
+        candidates += [(name, label, seqjax_candidate(name, x, hidden, kp, backward))
+                       for label, backward in SEQJAX_PATHS.items()]
         candidates += [(name, label, fn) for label, fn in flax_candidates(name, x, hidden, kp).items()]
         eqx_fn = equinox_candidate(name, x, hidden, kp)
         if eqx_fn is not None:
@@ -207,7 +210,9 @@ def markdown(payload: dict[str, Any]) -> str:
     return (f"### Recurrent layers: forward + backward of `sum(outputs**2)`\n\n"
             f"B={c['batch']}, T={c['time']}, I={c['input']}, H={c['hidden']}, float32, one layer, "
             f"one direction; medians of {c['rounds']} interleaved rounds x {c['number']} calls, "
-            f"one process ({base} = 1.00x, lower is better).\n\n{table}\n"
+            f"one process ({base} = 1.00x, lower is better). GFLOP/s: the layer's analytic matmul FLOPs "
+            f"(`_common.recurrent_flops`, the same count for every implementation) over the median; % of the "
+            f"measured float32 matmul peak; compile s: `jit(...).lower().compile()`.\n\n{table}\n"
             f"Machine: {_common.machine_line(payload['machine'])}; at the end "
             f"{payload['loadavg_at_end'][0]:.1f}.\n\n"
             f"Command: `{payload['command']}`\n")
@@ -232,8 +237,12 @@ def main(argv=None) -> dict[str, Any]:
             import torch
             torch.set_num_threads(torch_threads_before)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    flops = {c: _common.workload_flops(_common.recurrent_flops(_common.cell_gates(c), args.batch, args.time,
+                                                               args.input, args.hidden)) for c in args.cells}
     payload = {"benchmark": "recurrent", "config": config, "command": command.strip(),
-               "machine": machine, "rows": _common.ratio_rows(candidates, times, "cell"),
+               "machine": machine, "flops": flops,
+               "rows": _common.ratio_rows(candidates, times, "cell", flops=flops,
+                                          peak=_common.peak_flop_per_s(machine)),
                "loadavg_at_end": list(os.getloadavg())}
     text = markdown(payload)
     _common.write_results(out_dir, "recurrent", payload, text)

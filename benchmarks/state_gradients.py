@@ -10,7 +10,10 @@ Three ways to look at a loss ``L = mean((h_T @ w - 1)^2)`` of a recurrent cell o
   rerun with h_t substituted): T forward+backward passes, O(T^2). Timed on a few
   steps t and extrapolated to all T steps (reported as such).
 
-All three are jitted; medians of interleaved rounds (benchmarks/_common.py). Run::
+All three are jitted; medians of interleaved rounds (benchmarks/_common.py). The first two
+also report the jit compile time and the achieved GFLOP/s: analytic matmul FLOPs
+(``_common.recurrent_flops``: forward + weight gradients + the dh recursion for
+``value_and_grad``, forward + the dh recursion for ``state_gradients``) over the median. Run::
 
     .venv/bin/python benchmarks/state_gradients.py
     .venv/bin/python benchmarks/state_gradients.py --quick --out /tmp/sg
@@ -51,8 +54,8 @@ def build(name: str, B: int, T: int, E: int, H: int, naive_steps: int):
     def plain_loss(params):
         return loss_of_outputs(unroll(cell.step, params, carry0, xs)[1])
 
-    vg = jax.jit(jax.value_and_grad(plain_loss))
-    sg = jax.jit(lambda p: gradients.state_gradients(cell, p, xs, loss_of_outputs))
+    vg = _common.CompiledRunner(jax.jit(jax.value_and_grad(plain_loss)), params)
+    sg = _common.CompiledRunner(jax.jit(lambda p: gradients.state_gradients(cell, p, xs, loss_of_outputs)), params)
 
     idx = jnp.arange(T)
 
@@ -73,15 +76,15 @@ def build(name: str, B: int, T: int, E: int, H: int, naive_steps: int):
         return [naive_one(params, int(t), jax.tree.map(lambda a: a[:, t], states)) for t in ts]
 
     # correctness: the naive per-step derivative equals state_gradients at the sampled steps
-    g = sg(params)
+    g = sg()
     err = 0.0
     for t, gn in zip(ts, naive_subset()):
         for a, b in zip(jax.tree.leaves(gn), jax.tree.leaves(jax.tree.map(lambda x: x[:, t], g))):
             scale = float(jnp.max(jnp.abs(b))) or 1.0
             err = max(err, float(jnp.max(jnp.abs(a - b))) / scale)
     fns = {
-        "value_and_grad": lambda: jax.block_until_ready(vg(params)),
-        "state_gradients": lambda: jax.block_until_ready(sg(params)),
+        "value_and_grad": vg,
+        "state_gradients": sg,
         "naive_subset": lambda: jax.block_until_ready(naive_subset()),
     }
     return fns, ts, err
@@ -102,7 +105,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.length, args.batch_size, args.hidden_size, args.rounds, args.naive_steps = 50, 4, 16, 2, 2
     out_dir = io.ensure_writable_dir(args.out)
-    info = _common.machine_info(("jax", "jaxlib", "numpy"))
+    info = _common.machine_info(("jax", "jaxlib", "numpy", "torch"))
+    peak = _common.peak_flop_per_s(info)
     results, rows = [], []
     T = args.length
     for name in args.cells.split(","):
@@ -111,14 +115,21 @@ def main(argv=None) -> dict:
         s = {k: _common.summarize(v) for k, v in times.items()}
         ref = s["value_and_grad"]["median_ms"]
         naive_total = s["naive_subset"]["median_ms"] / len(ts) * T
+        for method, mode in (("value_and_grad", "grad"), ("state_gradients", "state_grad")):
+            flops = _common.workload_flops(_common.recurrent_flops(
+                _common.cell_gates(name), args.batch_size, T, args.input_size, args.hidden_size, mode=mode))
+            s[method].update(compile_s=fns[method].compile_seconds,
+                             **_common.flop_columns(flops, s[method]["median_ms"] / 1e3, peak))
+        flop_cells = lambda m: [f"{s[m]['gflop_per_s']:.1f}", f"{100 * s[m]['fraction_of_peak']:.1f}",  # noqa: E731
+                                f"{s[m]['compile_s']:.2f}"]
         results.append({"cell": name, "timings": s, "naive_steps_timed": ts.tolist(),
                         "naive_extrapolated_ms": naive_total, "max_rel_diff_naive_vs_state_gradients": err,
                         "state_gradients_vs_value_and_grad": s["state_gradients"]["median_ms"] / ref})
-        rows += [[name, "value_and_grad (params)", ref, "1.00x"],
+        rows += [[name, "value_and_grad (params)", ref, "1.00x", *flop_cells("value_and_grad")],
                  [name, "state_gradients (all t)", s["state_gradients"]["median_ms"],
-                  f"{s['state_gradients']['median_ms'] / ref:.2f}x"],
+                  f"{s['state_gradients']['median_ms'] / ref:.2f}x", *flop_cells("state_gradients")],
                  [name, f"naive jacrev per t (x{T}, extrapolated from {len(ts)})", naive_total,
-                  f"{naive_total / ref:.0f}x"]]
+                  f"{naive_total / ref:.0f}x", "–", "–", "–"]]
         print(f"{name}: value_and_grad {ref:.1f} ms, state_gradients {s['state_gradients']['median_ms']:.1f} ms "
               f"({s['state_gradients']['median_ms'] / ref:.2f}x), naive ~{naive_total:.0f} ms; "
               f"naive vs state_gradients max rel diff {err:.1e}", flush=True)
@@ -126,10 +137,12 @@ def main(argv=None) -> dict:
     text = (f"### state_gradients: all dL/dh_t in one backward pass\n\n"
             f"B={args.batch_size}, T={T}, E={args.input_size}, H={args.hidden_size}, float32, loss on the last "
             f"step; medians of {args.rounds} interleaved rounds. Target: state_gradients <= 1.5x value_and_grad.\n\n"
-            + _common.markdown_table(["cell", "method", "ms", "vs value_and_grad"], rows)
+            + _common.markdown_table(["cell", "method", "ms", "vs value_and_grad", "GFLOP/s", "% of peak",
+                                      "compile s"], rows)
             + f"\nMachine: {_common.machine_line(info)} (load average at start {info['loadavg_at_start']}).\n\n"
             f"Command: `{command.strip()}`\n")
-    payload = {"config": vars(args) | {"out": str(args.out)}, "machine": info, "results": results}
+    payload = {"benchmark": "state_gradients", "config": vars(args) | {"out": str(args.out)},
+               "command": command.strip(), "machine": info, "results": results}
     _common.write_results(out_dir, "state_gradients", payload, text)
     print(text)
     return payload

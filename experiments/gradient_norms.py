@@ -13,6 +13,11 @@ two chance levels: the population's (1/6 for adding) and that of the same predic
 this batch. Writes to results/gradient_norms/, including summary.json and reading.md (the
 figure's numbers as sentences, which the README quotes; ``make figures`` copies the
 figure and summary.json into docs/). ``python experiments/gradient_norms.py --help``.
+
+``--dtype bfloat16`` runs the same measurement under ``seqjax.precision.policy("bfloat16")``
+(params float32, matmuls bfloat16, recurrent carry, softmax and loss float32), and ``--dtype
+float64`` under the float64 policy; each writes to its own directory, results/gradient_norms_<dtype>/,
+so the float32 headline is never overwritten.
 """
 
 from __future__ import annotations
@@ -31,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _common
-from seqjax import cells, gradients, io, layers, losses, plotting, tasks, train, transformer
+from seqjax import cells, gradients, io, layers, losses, plotting, precision, recurrent, tasks, train, transformer
 from seqjax.attention import causal_mask
-from seqjax.recurrent import unroll
 
 ARCHS = {  # name: (legend label, cells.make name and options, or "transformer" and its norm_first)
     "rnn_tanh": ("tanh RNN", "rnn_tanh", {}),
@@ -47,6 +51,7 @@ ARCHS = {  # name: (legend label, cells.make name and options, or "transformer" 
 }
 TASKS = ("adding", "copying")
 PHASES = ("init", "trained")
+DTYPES = ("float32", "bfloat16", "float64")   # names of seqjax.precision.policy
 QUICK = dict(length=20, hidden_size=16, seeds=2, steps=5, batch_size=8, eval_batch_size=8, transformer_layers=1)
 
 
@@ -65,10 +70,13 @@ class Config:
     transformer_layers: int = 2
     num_heads: int = 4
     archs: tuple[str, ...] = tuple(ARCHS)
+    dtype: str = "float32"       # the precision policy: float32, bfloat16 (float32 params) or float64
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         unknown = [a for a in self.archs if a not in ARCHS]
         if unknown or not self.archs:
             raise ValueError(f"archs must be a non-empty list from {list(ARCHS)}, got unknown {unknown or '(none)'}")
@@ -116,42 +124,56 @@ class Model(NamedTuple):
 def make_model(cfg: Config, arch: str) -> Model:
     E, O = (2, 1) if cfg.task == "adding" else (tasks.COPY_VOCAB_SIZE, tasks.COPY_VOCAB_SIZE)
     H, (_, kind, options) = cfg.hidden_size, ARCHS[arch]
+    # one policy for every piece: float32 casts nothing, so the headline's numbers are unchanged
+    policy = precision.policy(cfg.dtype)
     # the measured loss is summed over examples, so each example's gradient is its own loss's
     last_loss = lambda out_last, y: out_last.shape[0] * task_loss(cfg, out_last, y, last_only=True)  # noqa: E731
+
+    def readout(params, h):      # the dense readout in the compute dtype, its output in the output dtype
+        p, h = policy.cast_to_compute((params["readout"], h))
+        return policy.cast_to_output(layers.dense(p, h))
+
     if kind != "transformer":
         cell = cells.make(kind, H, **options)
+        # one layer, differentiated as the scan is written (autodiff): the cell's own unroll
+        rnn = recurrent.layer(cell, backward="autodiff", precision=policy)
+        as_layer = lambda params: {"layers": [{"forward": params["cell"]}]}       # noqa: E731
 
         def init(key):
             k_cell, k_out = jax.random.split(key)
-            return {"cell": cell.init(k_cell, E), "readout": layers.dense_init(k_out, H, O, init="torch")}
+            return policy.cast_to_param({"cell": cell.init(k_cell, E),
+                                         "readout": layers.dense_init(k_out, H, O, init="torch")})
 
         def loss(params, batch):
-            _, ys = unroll(cell.step, params["cell"], cell.initial_carry((batch.x.shape[0],)), batch.x)
-            return task_loss(cfg, layers.dense(params["readout"], ys), batch.y)      # ys (B, T, H)
+            ys, _ = rnn.apply(as_layer(params), batch.x)                            # (B, T, H)
+            return task_loss(cfg, readout(params, ys), batch.y)
 
         def profile(params, batch):
-            g = gradients.state_gradients(cell, params["cell"], batch.x,
-                                          lambda ys: last_loss(layers.dense(params["readout"], ys[:, -1]), batch.y))
+            # dL/dh_t in the layer's carry (float32 under bfloat16 compute: the carry's dtype)
+            g = gradients.state_gradients(rnn, as_layer(params), batch.x,
+                                          lambda ys: last_loss(readout(params, ys[:, -1]), batch.y))[0]["forward"]
             # the whole state's norm (LSTM: h and c); safe_norm: squaring 1e-25 would flush to zero in float32
             return gradients.safe_norm(jnp.concatenate(jax.tree.leaves(g), axis=-1), axis=-1)
         return Model(init, loss, profile)
 
     stack = transformer.encoder(transformer.StackConfig(
         model_size=H, num_heads=cfg.num_heads, ff_size=2 * H, num_layers=cfg.transformer_layers,
-        dropout=0.0, final_norm=options["norm_first"], **options))
+        dropout=0.0, final_norm=options["norm_first"], **options), precision=policy)
     T = cfg.length if cfg.task == "adding" else cfg.length + 20
     pe, mask = transformer.positional_encoding("sinusoidal", T, H), causal_mask(T)   # the last step reads all
 
     def init(key):
         k_in, k_stack, k_out = jax.random.split(key, 3)
-        return {"embed": layers.dense_init(k_in, E, H, init="torch"), "stack": stack.init(k_stack),
-                "readout": layers.dense_init(k_out, H, O, init="torch")}
+        return policy.cast_to_param({"embed": layers.dense_init(k_in, E, H, init="torch"),
+                                     "stack": stack.init(k_stack),
+                                     "readout": layers.dense_init(k_out, H, O, init="torch")})
 
-    def embed(params, x):        # x_t: the token representation entering the encoder, (B, T, D)
-        return pe.apply({}, layers.dense(params["embed"], x))
+    def embed(params, x):        # x_t: the token representation entering the encoder, (B, T, D), compute dtype
+        p, x = policy.cast_to_compute((params["embed"], x))
+        return pe.apply({}, layers.dense(p, x))
 
     def head(params, e):
-        return layers.dense(params["readout"], stack.apply(params["stack"], e, mask=mask))   # (B, T, O)
+        return readout(params, stack.apply(params["stack"], e, mask=mask))          # (B, T, O)
 
     def profile(params, batch):
         return gradients.input_gradient_norms(lambda e: head(params, e), embed(params, batch.x), position=-1,
@@ -165,7 +187,8 @@ def run_arch(cfg: Config, arch: str, eval_batch: Batch) -> dict[str, np.ndarray]
     optimizer = train.make_optimizer("adam", cfg.learning_rate)
     if ARCHS[arch][1] == "orthogonal":   # W_hh on the orthogonal group (the authors' 10x lower rate there)
         optimizer = cells.orthogonal_optimizer(optimizer, train.make_optimizer("adam", cfg.learning_rate / 10))
-    tr = train.trainer(lambda params, batch, key: (model.loss(params, batch), {}), optimizer)
+    tr = train.trainer(lambda params, batch, key: (model.loss(params, batch), {}), optimizer,
+                       precision=cfg.dtype)
 
     def one_seed(key):
         k_init, k_data = jax.random.split(key)
@@ -182,14 +205,19 @@ def run_arch(cfg: Config, arch: str, eval_batch: Batch) -> dict[str, np.ndarray]
     return {"init": g0[:, ::-1], "trained": g1[:, ::-1], "train_loss": train_loss, "eval_loss": eval_loss}
 
 
+def _floor(values: np.ndarray) -> float:
+    """The value an exact zero counts as in a log: 1e-45 (float32 runs), 5e-324 (float64 runs)."""
+    return 5e-324 if np.asarray(values).dtype == np.float64 else 1e-45
+
+
 def far_to_near(runs: np.ndarray) -> float:
     """Geometric mean over seeds of the far end's norm over the near end's."""
-    return float(np.exp(np.mean(np.log(np.maximum(runs[:, -1], 1e-45)) - np.log(runs[:, 0]))))
+    return float(np.exp(np.mean(np.log(np.maximum(runs[:, -1], _floor(runs))) - np.log(runs[:, 0]))))
 
 
 def geomean(values: np.ndarray) -> float:
     """The geometric mean over seeds (the centre line of the figure's bands)."""
-    return float(np.exp(np.mean(np.log(np.maximum(np.asarray(values, np.float64), 1e-45)))))
+    return float(np.exp(np.mean(np.log(np.maximum(np.asarray(values, np.float64), _floor(values))))))
 
 
 def chance_levels(cfg: Config, eval_batch: Batch) -> dict[str, float]:
@@ -212,8 +240,11 @@ def summarize(cfg: Config, results: dict[str, dict], chance: dict[str, float]) -
     def phase(runs):
         T = runs.shape[1]
         ratio = far_to_near(runs)
+        # where some seed fell below the smallest normal number: flushed to zero from there on (XLA on CPU)
+        below = np.nonzero((runs < np.finfo(runs.dtype).tiny).any(axis=0))[0]
         return {"distance0": geomean(runs[:, 0]), "distance1": geomean(runs[:, 1]),
-                "far": geomean(runs[:, -1]), "far_to_near": ratio, "per_step": ratio ** (1.0 / (T - 1))}
+                "far": geomean(runs[:, -1]), "far_to_near": ratio, "per_step": ratio ** (1.0 / (T - 1)),
+                "floor_distance": int(below[0]) if below.size else None}
     archs = {}
     for arch, r in results.items():
         archs[arch] = {"label": ARCHS[arch][0], "recurrent": not arch.startswith("transformer"),
@@ -223,7 +254,8 @@ def summarize(cfg: Config, results: dict[str, dict], chance: dict[str, float]) -
                        "init": phase(r["init"]), "trained": phase(r["trained"])}
     return {"task": cfg.task, "length": cfg.length, "hidden_size": cfg.hidden_size, "steps": cfg.steps,
             "seeds": cfg.seeds, "eval_sequences": cfg.eval_batch_size, "learning_rate": cfg.learning_rate,
-            "chance_population": chance["population"], "chance_batch": chance["batch"], "archs": archs}
+            "chance_population": chance["population"], "chance_batch": chance["batch"], "archs": archs,
+            "dtype": cfg.dtype, "precision": str(precision.policy(cfg.dtype))}
 
 
 def _e(x: float) -> str:
@@ -237,12 +269,16 @@ def reading(summary: dict) -> str:
     archs = {a: summary["archs"][a] for a in ARCHS if a in summary["archs"]}   # figure order (JSON sorts keys)
     loss = "MSE" if summary["task"] == "adding" else "cross-entropy"
     far = T - 1
-    lines = [f"Evaluation on {summary['eval_sequences']} held-out sequences after {steps} Adam steps "
-             f"(mean and min-max over {summary['seeds']} seeds), beside two chance levels of the input-blind "
-             f"predictor: the population's ({summary['chance_population']:.4f}) and this batch's "
-             f"({summary['chance_batch']:.4f}).", "",
-             f"| model | eval {loss} | population chance | batch chance | below the batch chance in every seed |",
-             "|---|---|---|---|---|"]
+    dtype = summary.get("dtype", "float32")
+    lines = [] if dtype == "float32" else [
+        f"Precision policy {dtype} ({summary['precision']}; the recurrent carry, softmax, layer-norm "
+        "statistics, loss and gradient norms in float32 or wider).", ""]
+    lines += [f"Evaluation on {summary['eval_sequences']} held-out sequences after {steps} Adam steps "
+              f"(mean and min-max over {summary['seeds']} seeds), beside two chance levels of the input-blind "
+              f"predictor: the population's ({summary['chance_population']:.4f}) and this batch's "
+              f"({summary['chance_batch']:.4f}).", "",
+              f"| model | eval {loss} | population chance | batch chance | below the batch chance in every seed |",
+              "|---|---|---|---|---|"]
     for a in archs.values():
         below = a["eval_loss_max"] < summary["chance_batch"]
         lines.append(f"| {a['label']} | {a['eval_loss_mean']:.4f} ({a['eval_loss_min']:.4f}-"
@@ -278,14 +314,36 @@ def reading(summary: dict) -> str:
                              f"({changes[n]:.2g}x)")
         lines.append(f"- The recurrent curves' far end (distance {far}) at initialisation and after {steps} steps, "
                      f"largest change first: " + "; ".join(described) + ".")
+    for a in archs.values():
+        for ph, when in (("init", "at initialisation"), ("trained", "after training")):
+            d = a[ph].get("floor_distance")
+            if d is not None:
+                lines.append(f"- {a['label']}, {when}: from distance {d} some seed's gradient is below the smallest "
+                             f"normal number of the measurement ({'float64' if dtype == 'float64' else 'float32'}) "
+                             "and is flushed to zero; beyond it the curve is that floor, and its factor per step is "
+                             "only an upper bound (rerun with --dtype float64).")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> Path:
     parser = _common.parser(Config, __doc__, "gradient_norms")
+    parser.set_defaults(out=None)                                   # the default depends on --dtype
     values, args = _common.parse(parser, argv, quick=QUICK)
     cfg = _common.config(parser, Config, values)                    # bad values and names fail here
-    out = io.ensure_writable_dir(args.out)                          # before any compute
+    # float32 writes the headline's directory; another dtype its own, so it never overwrites it
+    default = _common.REPO / "results" / ("gradient_norms" if cfg.dtype == "float32" else f"gradient_norms_{cfg.dtype}")
+    out = io.ensure_writable_dir(args.out or default)               # before any compute
+    if cfg.dtype != "float64":
+        return _run(cfg, out)
+    x64 = jax.config.jax_enable_x64                                 # float64 arrays need x64: on for this run only
+    jax.config.update("jax_enable_x64", True)
+    try:
+        return _run(cfg, out)
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+
+
+def _run(cfg: Config, out: Path) -> Path:
     start = time.perf_counter()
     eval_batch = sample(cfg, jax.random.key(12345), cfg.eval_batch_size)
     arrays, rows, summary, results = {}, [], [], {}
@@ -327,9 +385,11 @@ def plot(out_dir) -> Path:
     labels = {a: ARCHS[a][0] + (r" ($\|\partial L/\partial x_t\|$)" if a.startswith("transformer") else "")
               for a in cfg["archs"]}
     task = {"adding": "adding problem", "copying": "copying memory"}[cfg["task"]]
+    dtype = cfg.get("dtype", "float32")
     fig = plotting.gradient_norms_figure(
         curves, data["distance"], labels=labels,
-        phase_titles={"init": "at initialisation", "trained": f"after {cfg['steps']} Adam steps"},
+        phase_titles={phase: text + ("" if dtype == "float32" else f" ({dtype} compute)") for phase, text in
+                      (("init", "at initialisation"), ("trained", f"after {cfg['steps']} Adam steps"))},
         title=(f"Gradient of the last-step loss w.r.t. each step's state, {task}, T = {cfg['length']}, "
                f"H = {cfg['hidden_size']} (mean and min-max over {cfg['seeds']} seeds)"),
         ylabel=r"$\|\partial L/\partial h_t\|$ (Transformers: $\|\partial L/\partial x_t\|$)")

@@ -6,6 +6,7 @@ Modules (``import seqjax`` loads each one on first use)::
     seqjax.checks       every validation rule of the public boundary, once
     seqjax.layers       dense, embedding, layer norm, dropout, activations, initialisers
     seqjax.losses       cross-entropy, accuracy, mean squared error
+    seqjax.precision    mixed precision: the Policy (params / compute / output dtypes), what stays float32
     seqjax.cells        RNN / IRNN / LSTM / GRU cells (PyTorch's equations); cells.make, the registry
     seqjax.recurrent    the one scan unroll; multi-layer, bidirectional, variable-length layers
     seqjax.attention    scaled dot-product and multi-head attention, masks, Bahdanau and Luong
@@ -24,7 +25,7 @@ Modules (``import seqjax`` loads each one on first use)::
 import importlib
 
 __all__ = ["attention", "cells", "checks", "decoding", "gradients", "interop", "io", "layers", "loop",
-           "losses", "models", "plotting", "recurrent", "tasks", "train", "transformer", "types"]
+           "losses", "models", "plotting", "precision", "recurrent", "tasks", "train", "transformer", "types"]
 __version__ = "0.1.0"
 
 

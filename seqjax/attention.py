@@ -11,19 +11,27 @@ opposite of PyTorch's ``key_padding_mask`` and boolean ``attn_mask``). A query w
 every key is masked out gets an output of **zeros** and zero attention weights,
 never NaN (the failure of PyTorch issues 41508 and 103749).
 
-Two paths compute :func:`scaled_dot_product_attention`:
+Paths that compute :func:`scaled_dot_product_attention` (its ``implementation``):
 
-* the fast path, ``jax.nn.dot_product_attention`` (its ``implementation`` argument is
-  passed through, so ``"cudnn"`` runs flash attention on GPU);
-* the reference path, written out below with heads moved in front of time, which can
-  return the weights and apply dropout to them. The tests check the two agree.
+* ``"xla"`` / ``"cudnn"``, the fast path: ``jax.nn.dot_product_attention`` (the
+  argument is passed through, so ``"cudnn"`` runs flash attention on GPU);
+* ``"reference"``: the maths written out below with heads moved in front of time,
+  differentiated by JAX's autodiff; it can return the weights and apply dropout to them;
+* ``"vjp"``: the reference forward pass with a hand-written backward pass
+  (``jax.custom_vjp``): flash attention's backward kept dense, every matmul laid out for
+  XLA:CPU (:func:`_attention_vjp`). Reverse mode only;
+* ``"jvp"``: the same forward with a ``jax.custom_jvp`` whose transpose is that
+  backward pass but for one transposed matmul (dK); forward mode (``jax.jvp``,
+  ``jax.jacfwd``, ``jax.hessian``) works.
 
-``implementation=None`` (the default) takes the fast path on GPU/TPU and the
-reference path on CPU, where XLA:CPU ran it about 20% faster forward + backward
-(``benchmarks/attention.py``); ``"xla"`` or ``"cudnn"`` force the fast path and
-``"reference"`` the reference path. Returning weights, attention dropout and float64
-(whose softmax ``jax.nn.dot_product_attention`` rounds to float32) always use the
-reference path.
+``implementation=None`` (the default) takes the fast path on GPU/TPU and ``"vjp"`` on
+CPU, where it ran forward + backward of multi-head self-attention (B=16, T=256, D=256, 8
+heads) in about 0.8x the time of the reference path, which itself ran about 0.8x the time
+of ``jax.nn.dot_product_attention`` (``benchmarks/attention.py``;
+``benchmarks/results/attention_experiments.md``). Returning weights and attention dropout
+always use the reference path; float64 (whose softmax ``jax.nn.dot_product_attention``
+rounds to float32) never takes the fast path. The tests check every path against the
+reference and its derivatives against autodiff's.
 
 Multi-head attention (Vaswani et al. 2017, "Attention is all you need", §3.2.2):
 
@@ -54,6 +62,7 @@ import numpy as np
 from seqjax import checks, layers
 from seqjax.checks import check_mask
 from seqjax.layers import dense
+from seqjax.precision import Policy, accumulation_dtype
 from seqjax.types import Array, DType, Params, PRNGKey
 
 __all__ = [
@@ -64,8 +73,10 @@ __all__ = [
 ]
 
 #: Values of ``implementation``: "xla"/"cudnn" go to ``jax.nn.dot_product_attention`` when
-#: possible, "reference" forces the written-out path, None picks by backend (module docstring).
-IMPLEMENTATIONS = (None, "xla", "cudnn", "reference")
+#: possible, "reference" forces the written-out path differentiated by autodiff, "vjp"/"jvp"
+#: the written-out forward with a hand-written derivative, None picks by backend (module docstring).
+IMPLEMENTATIONS = (None, "xla", "cudnn", "reference", "vjp", "jvp")
+_CPU_DEFAULT = "vjp"        # what implementation=None means on CPU
 
 
 # ----------------------------------------------------------------------------- masks
@@ -143,9 +154,13 @@ def masked_softmax(scores: Array, mask: Array | None) -> Array:
       mask: None or boolean broadcastable to ``scores``.
 
     Returns:
-      weights of ``scores``' shape: exactly 0 at masked positions, summing to 1 over
-      the allowed ones; a row with no allowed position is all zeros (never NaN).
+      weights of ``scores``' shape and dtype: exactly 0 at masked positions, summing to 1
+      over the allowed ones; a row with no allowed position is all zeros (never NaN).
+      The softmax itself runs in at least float32 (bfloat16 scores are promoted first:
+      :func:`seqjax.precision.accumulation_dtype`).
     """
+    dtype = scores.dtype
+    scores = scores.astype(accumulation_dtype(dtype))
     if mask is not None:
         # finite, so a fully masked row stays NaN-free through softmax and its gradient
         scores = jnp.where(mask, scores, _large_negative(scores.dtype))
@@ -153,7 +168,17 @@ def masked_softmax(scores: Array, mask: Array | None) -> Array:
     if mask is not None:
         # a fully masked row softmaxes to uniform over large negatives: zero it
         weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
-    return weights
+    return weights.astype(dtype)
+
+
+def _weights(q_scaled_BxNxQxK, k_BxNxTxK, bias, mask) -> Array:
+    """softmax(q k^T + bias) where mask, over heads-front arrays (q already scaled):
+    (B, N, Tq, Tk) in the accumulation dtype (float32 for bfloat16 q)."""
+    logits = jnp.einsum("bnqk,bntk->bnqt", q_scaled_BxNxQxK, k_BxNxTxK,
+                        preferred_element_type=accumulation_dtype(q_scaled_BxNxQxK.dtype))
+    if bias is not None:
+        logits = logits + bias
+    return masked_softmax(logits, mask)
 
 
 def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
@@ -163,20 +188,123 @@ def _reference_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_key):
     plain batched matmuls over (B, N); on XLA:CPU this measured ~20% faster (forward
     + backward) than ``jax.nn.dot_product_attention`` (benchmarks/attention.py).
     """
-    acc = jnp.promote_types(q.dtype, jnp.float32)
     q_BxNxQxK = jnp.swapaxes(q, 1, 2) * jnp.asarray(scale, q.dtype)         # scale the smaller operand
     k_BxNxTxK = jnp.swapaxes(k, 1, 2)
     v_BxNxTxK = jnp.swapaxes(v, 1, 2)
-    logits = jnp.einsum("bnqk,bntk->bnqt", q_BxNxQxK, k_BxNxTxK, preferred_element_type=acc)
-    if bias is not None:
-        logits = logits + bias
-    weights = masked_softmax(logits, mask).astype(v.dtype)
+    weights = _weights(q_BxNxQxK, k_BxNxTxK, bias, mask).astype(v.dtype)
     dropped = weights
     if dropout_rate > 0.0 and dropout_key is not None:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
         dropped = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0).astype(v.dtype)
     out_BxNxQxK = jnp.einsum("bnqt,bntk->bnqk", dropped, v_BxNxTxK)
     return jnp.swapaxes(out_BxNxQxK, 1, 2), weights
+
+
+# The reference forward with hand-written derivatives (implementation "vjp" and "jvp"). Both
+# work on heads-front arrays q (B, N, Tq, K), k (B, N, Tk, K), v (B, N, Tk, Kv); mask and bias
+# broadcast to (B, N, Tq, Tk); scale is a static float. No dropout, weights not returned.
+
+
+def _unbroadcast(x: Array, shape: tuple[int, ...]) -> Array:
+    """Sum ``x`` over the axes along which ``shape`` (right-aligned) was broadcast to x's."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
+
+
+def _heads_forward(q, k, v, bias, mask, scale):
+    """out (B, N, Tq, Kv) and the residuals of both derivative rules."""
+    qs = q * jnp.asarray(scale, q.dtype)
+    weights = _weights(qs, k, bias, mask)                                  # (B, N, Tq, Tk), float32 or wider
+    out = jnp.einsum("bnqt,bntk->bnqk", weights.astype(v.dtype), v)
+    return out, (qs, k, v, weights, out, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention_vjp(q, k, v, bias, mask, scale):
+    r"""``softmax(scale q k^T + bias, where mask) v`` with a written-out VJP.
+
+    The backward pass is flash attention's (Dao 2023, "FlashAttention-2", Algorithm 2)
+    kept dense. With W the weights, O the output and dO its cotangent:
+
+    .. math::
+        dW = dO\,V^\top,\quad \delta = \mathrm{rowsum}(dO \odot O),\quad
+        dS = W \odot (dW - \delta),\quad dQ = s\,dS\,K,\quad dK = s\,dS^\top Q,\quad dV = W^\top dO
+
+    (``rowsum(W * dW) = rowsum(dO * O)``: the softmax's backward reads no second
+    (Tq, Tk) tensor; the bias gets dS summed over its broadcast axes). dV and dK are
+    computed transposed (``(dO^T W)^T``, ``(Q^T dS)^T``) so that every matmul contracts
+    its left operand's last axis: XLA:CPU hands that form to YNNPACK and runs a
+    transposed left operand as a slower batched loop (about 2x on these shapes;
+    ``benchmarks/results/attention_experiments.md``). Masked positions and fully masked
+    rows have W = 0, hence dS = 0. Reverse mode only: ``jax.jvp`` of a ``custom_vjp``
+    raises a TypeError (``"jvp"`` and ``"reference"`` support forward mode).
+    """
+    return _heads_forward(q, k, v, bias, mask, scale)[0]
+
+
+def _attention_vjp_bwd(scale, res, dout):
+    qs, k, v, weights, out, bias = res
+    acc = weights.dtype
+    # dV = W^T dO as (dO^T W)^T: per head a (Kv, Tq) x (Tq, Tk) matmul
+    dv = jnp.swapaxes(jnp.einsum("bnkq,bnqt->bnkt", jnp.swapaxes(dout, 2, 3), weights.astype(v.dtype)), 2, 3)
+    dweights = jnp.einsum("bnqk,bntk->bnqt", dout, v, preferred_element_type=acc)          # (B, N, Tq, Tk)
+    delta = jnp.sum(dout.astype(acc) * out.astype(acc), axis=-1, keepdims=True)           # rowsum(W * dW)
+    dlogits = weights * (dweights - delta)                                                  # (B, N, Tq, Tk)
+    ds = dlogits.astype(qs.dtype)
+    dq = jnp.einsum("bnqt,bntk->bnqk", ds, k) * jnp.asarray(scale, qs.dtype)
+    dk = jnp.swapaxes(jnp.einsum("bnkq,bnqt->bnkt", jnp.swapaxes(qs, 2, 3), ds), 2, 3)     # (Q^T dS)^T
+    dbias = None if bias is None else _unbroadcast(dlogits, bias.shape).astype(bias.dtype)
+    # (the boolean mask gets no cotangent; the casts are no-ops unless q, k, v differ in dtype)
+    return dq.astype(qs.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None
+
+
+_attention_vjp.defvjp(_heads_forward, _attention_vjp_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _attention_jvp(q, k, v, bias, mask, scale):
+    r"""The function of :func:`_attention_vjp` with a custom JVP instead.
+
+    With A = W ⊙ dS (dS the tangent of the logits) and r = rowsum(A), the tangent of the
+    output is written as
+
+    .. math:: dO = A\,V - O \odot r + W\,dV
+
+    (``W ⊙ (dS - r)`` times V, with ``r W V = r ⊙ O``). JAX transposes it into the
+    backward pass of :func:`_attention_vjp`: the ``O ⊙ r`` term becomes ``δ =
+    rowsum(dO ⊙ O)``, and ``W dV`` is written as ``(dV^T W^T)^T`` so its transpose is
+    ``(dO^T W)^T``. Only dK keeps a transposed left operand (JAX's transpose of a
+    ``dot_general`` puts the cotangent dS first), which measured about 5% slower than
+    ``"vjp"`` on multi-head self-attention; in exchange forward mode and
+    ``jax.hessian`` work.
+    """
+    return _heads_forward(q, k, v, bias, mask, scale)[0]
+
+
+@_attention_jvp.defjvp
+def _attention_jvp_rule(scale, primals, tangents):
+    q, k, v, bias, mask = primals
+    dq, dk, dv, dbias, _ = tangents                                        # the mask's tangent is float0
+    out, (qs, _, _, weights, _, _) = _heads_forward(q, k, v, bias, mask, scale)
+    acc = weights.dtype
+    dlogits = (jnp.einsum("bnqk,bntk->bnqt", dq * jnp.asarray(scale, q.dtype), k, preferred_element_type=acc)
+               + jnp.einsum("bnqk,bntk->bnqt", qs, dk, preferred_element_type=acc))
+    if bias is not None:
+        dlogits = dlogits + dbias
+    a = weights * dlogits                                                  # A = W * dS
+    r = jnp.sum(a, axis=-1, keepdims=True)
+    w_dv = jnp.swapaxes(jnp.einsum("bnkt,bnqt->bnkq", jnp.swapaxes(dv, 2, 3), weights.astype(v.dtype)), 2, 3)
+    dout = jnp.einsum("bnqt,bntk->bnqk", a.astype(v.dtype), v) - out * r.astype(out.dtype) + w_dv
+    return out, dout
+
+
+def _custom_attention(q, k, v, mask, bias, scale, rule):
+    """(B, Tq, N, K) in and out through :func:`_attention_vjp` (``rule="vjp"``) or
+    :func:`_attention_jvp` (``"jvp"``)."""
+    f = _attention_vjp if rule == "vjp" else _attention_jvp
+    out = f(jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), bias, mask, scale)
+    return jnp.swapaxes(out, 1, 2)
 
 
 def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
@@ -210,8 +338,11 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
         ``dropout_key`` is given (so the default is deterministic).
       dropout_key: PRNG key for dropout.
       return_weights: also return the (undropped) weights (B, N, Tq, Tk).
-      implementation: None (fast path on GPU/TPU, reference path on CPU), "xla" or
-        "cudnn" (``jax.nn.dot_product_attention``, passed through) or "reference".
+      implementation: None (the fast path on GPU/TPU, ``"vjp"`` on CPU), ``"xla"`` or
+        ``"cudnn"`` (``jax.nn.dot_product_attention``, passed through), ``"reference"``
+        (autodiff of the written-out maths), ``"vjp"`` (its hand-written backward pass;
+        reverse mode only) or ``"jvp"`` (a custom JVP; forward mode works). See the
+        module docstring.
       scale: logit scale, default ``1/sqrt(K)``.
 
     Returns:
@@ -250,6 +381,10 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
                              None if key_lengths is None else padding_mask(key_lengths, Tk))
 
     use_dropout = dropout_rate > 0.0 and dropout_key is not None
+    if implementation is None and jax.default_backend() == "cpu":
+        implementation = _CPU_DEFAULT
+    if implementation in ("vjp", "jvp") and not (return_weights or use_dropout):
+        return _custom_attention(q, k, v, combine_masks(mask, structured()), bias, scale, implementation)
     fast = implementation in ("xla", "cudnn") or (implementation is None and jax.default_backend() != "cpu")
     # jax.nn.dot_product_attention computes its softmax in float32: float64 stays on the reference.
     if not fast or return_weights or use_dropout or v.shape[-1] != K or q.dtype == jnp.float64:
@@ -281,6 +416,7 @@ class MHAConfig(NamedTuple):
     use_bias: bool
     dropout: float          # attention-weight dropout
     implementation: str | None
+    precision: Policy | None = None   # mixed precision (seqjax.precision); None: the inputs' dtypes
 
     @property
     def head_size(self) -> int:
@@ -318,7 +454,8 @@ class MultiHeadAttention(NamedTuple):
 
 def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None = None,
                          use_bias: bool = True, dropout: float = 0.0,
-                         implementation: str | None = None) -> MultiHeadAttention:
+                         implementation: str | None = None,
+                         precision: Policy | str | None = None) -> MultiHeadAttention:
     """Multi-head attention (Vaswani et al. 2017 §3.2.2) for self- and cross-attention.
 
     Args:
@@ -330,6 +467,12 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
       dropout: attention-weight dropout rate in [0, 1), active only when ``apply``
         gets a ``dropout_key``.
       implementation: see :func:`scaled_dot_product_attention`.
+      precision: None (every array keeps its dtype), or a mixed-precision policy
+        (:mod:`seqjax.precision`): ``init`` makes params in its param dtype, ``apply``
+        casts params, q, k and v to its compute dtype (the projections and both
+        attention products; the logits and softmax are float32 either way) and returns
+        ``out`` (and the weights) in its output dtype. ``heads`` and ``attend``, the
+        pieces a key/value cache calls, run in the dtype of what they are given.
 
     Returns:
       A :class:`MultiHeadAttention`.
@@ -347,12 +490,14 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
     if out_size is not None:
         out_size = checks.check_int(out_size, "out_size")
     checks.check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    precision = checks.check_precision(precision)
     config = MHAConfig(num_heads, qkv_size, out_size, checks.check_bool(use_bias, "use_bias"),
-                       checks.check_rate(dropout, "dropout"), implementation)
+                       checks.check_rate(dropout, "dropout"), implementation, precision)
     N, K = num_heads, qkv_size // num_heads
+    param_dtype = jnp.float32 if precision is None else precision.param_dtype
 
     def init(key: PRNGKey, query_size: int, key_size: int | None = None,
-             value_size: int | None = None, dtype: DType = jnp.float32) -> Params:
+             value_size: int | None = None, dtype: DType = param_dtype) -> Params:
         checks.check_key(key)
         query_size = checks.check_int(query_size, "query_size")
         key_size = query_size if key_size is None else checks.check_int(key_size, "key_size")
@@ -404,10 +549,14 @@ def multi_head_attention(num_heads: int, qkv_size: int, *, out_size: int | None 
         if q.shape[0] != k.shape[0]:
             raise ValueError(f"q and k must have the same batch size; got {q.shape[0]} and {k.shape[0]}")
         check_mask(mask, (q.shape[0], N, q.shape[1], k.shape[1]))
-        # (A fused (E, 3D) QKV projection for self-attention measured no faster on XLA:CPU.)
+        if precision is not None:
+            params, q, k, v = precision.cast_to_compute((params, q, k, v))
+        # (A fused (E, 3D) QKV projection for self-attention, the kernels concatenated inside the
+        # jit, measured no faster on XLA:CPU: benchmarks/results/attention_experiments.md.)
         qh, kh, vh = heads(params, "query", q), heads(params, "key", k), heads(params, "value", v)
-        return attend(params, qh, kh, vh, mask=mask, is_causal=is_causal, key_lengths=key_lengths,
-                      bias=bias, return_weights=return_weights, dropout_key=dropout_key)
+        out = attend(params, qh, kh, vh, mask=mask, is_causal=is_causal, key_lengths=key_lengths,
+                     bias=bias, return_weights=return_weights, dropout_key=dropout_key)
+        return out if precision is None else precision.cast_to_output(out)
 
     apply_jit = jax.jit(apply, static_argnames=("return_weights",))
     return MultiHeadAttention(init, apply, apply_jit, heads, attend, config)

@@ -25,12 +25,16 @@ A step works on any batch shape in front of the feature axis and in the dtype of
 its inputs (float32, bfloat16 or float64). Each step is split into three parts::
 
     xp = input_proj(params, x)          # x W_ih + b_ih      (..., G*H), no carry
-    hp = h W_hh + b_hh                  #                    (..., G*H)
+    hp = h W_hh + b_hh                  #                    (..., G*H), in xp's dtype
     carry', y, res = pointwise(carry, xp, hp)               # no matmul
 
+(:func:`pointwise_step`: h is rounded to xp's dtype for its matmul, and carry' keeps at
+least the carry's dtype, so a float32 carry with bfloat16 params and inputs stays
+float32: the mixed precision of :mod:`seqjax.precision`.)
+
 ``pointwise`` holds the cell's equations, once. ``step`` and ``recurrent_step``
-are built from it, and so is the hand-written backward pass of
-``recurrent.layer(..., fused_backward=True)``, which also uses the cell's
+are built from it, and so are the hand-written derivatives of ``recurrent.layer``
+(``backward="jvp"``, its default, and ``"vjp"``), which also use the cell's
 ``pointwise_backward``: the derivative of ``pointwise`` written out (each
 cell's docstring states it), checked against autodiff in the tests.
 
@@ -53,7 +57,7 @@ from seqjax import checks, layers
 from seqjax.types import Array, Carry, DType, Params, PRNGKey, Shape
 
 __all__ = ["Cell", "LSTMState", "simple_rnn", "irnn", "lstm", "gru", "orthogonal_rnn", "make", "CELL_NAMES",
-           "check_params", "hidden_proj", "skew", "block_rotation", "trivialization", "TrivializationState",
+           "check_params", "hidden_proj", "pointwise_step", "skew", "block_rotation", "trivialization", "TrivializationState",
            "orthogonal_labels", "orthogonal_optimizer", "expm", "SKEW_INITS", "ORTHOGONAL_ACTIVATIONS",
            "RNN_ACTIVATIONS", "DEFAULT_FORGET_BIAS"]
 
@@ -94,7 +98,8 @@ class Cell(NamedTuple):
         (dcarry_direct, dxp, dhp)``: cotangents of the previous carry *not* through
         ``hp`` (the unroll adds ``dhp @ W_hh^T`` to its h), of ``xp`` and of ``hp``
         (``dhp`` is None when it equals ``dxp``). None: the cell has no hand-written
-        backward and ``fused_backward=True`` refuses it.
+        backward; ``recurrent.layer`` then defaults to ``backward="autodiff"`` and
+        refuses ``"jvp"`` and ``"vjp"``.
     """
 
     init: Callable[..., Params]
@@ -143,6 +148,23 @@ def hidden_proj(params: Params, h: Array) -> Array:
     return hp
 
 
+def pointwise_step(pointwise: Callable, output: Callable, params: Params, carry: Carry,
+                   xp: Array) -> tuple[Carry, Array, Any]:
+    """Everything in a step after the input projection, written once (every cell's
+    ``recurrent_step`` and the fused backward's forward use it).
+
+    ``hp = h W_hh + b_hh`` with h = ``output(carry)`` rounded to the dtype of ``xp``, so
+    both projections run in one dtype (a mixed-precision policy's compute dtype), then
+    ``pointwise(carry, xp, hp) -> (carry', y, res)`` with carry' promoted back to at
+    least the carry's own dtypes: a float32 carry stays float32 when the gates are
+    bfloat16 (:mod:`seqjax.precision`). With one dtype throughout, both casts are no-ops.
+    """
+    hp = hidden_proj(params, output(carry).astype(xp.dtype))
+    new, y, res = pointwise(carry, xp, hp)
+    new = jax.tree.map(lambda n, c: n.astype(jnp.promote_types(n.dtype, c.dtype)), new, carry)
+    return new, y, res
+
+
 def _zeros_carry(hidden_size: int):
     def initial_carry(batch_shape: Shape = (), dtype: DType = jnp.float32) -> Array:
         return jnp.zeros((*tuple(batch_shape), hidden_size), checks.check_float_dtype(dtype))
@@ -183,7 +205,7 @@ def _build(init, initial_carry, output, pointwise, pointwise_backward, hidden_si
            bias: bool, gates: int) -> Cell:
     """A :class:`Cell` whose ``recurrent_step`` and ``step`` are ``pointwise`` after the projections."""
     def recurrent_step(params: Params, carry: Carry, xp: Array) -> tuple[Carry, Array]:
-        carry, y, _ = pointwise(carry, xp, hidden_proj(params, output(carry)))
+        carry, y, _ = pointwise_step(pointwise, output, params, carry, xp)
         return carry, y
 
     def step(params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
@@ -372,7 +394,7 @@ def gru(hidden_size: int, *, bias: bool = True) -> Cell:
 
 #: Skew-symmetric initialisations of :func:`orthogonal_rnn` (Lezcano-Casado's ``initialization.py``).
 SKEW_INITS = ("henaff", "cayley")
-#: Nonlinearities of :func:`orthogonal_rnn`: modReLU (the paper's) or none (the analysable linear case).
+#: Nonlinearities of :func:`orthogonal_rnn`: modReLU (the authors' code's) or none (the analysable linear case).
 ORTHOGONAL_ACTIVATIONS = ("modrelu", "linear")
 
 
@@ -414,6 +436,10 @@ def block_rotation(angles: Array, hidden_size: int) -> Array:
 def orthogonal_rnn(hidden_size: int, *, skew_init: str = "henaff", activation: str = "modrelu") -> Cell:
     r"""Orthogonal RNN with modReLU: the cell of expRNN (Lezcano-Casado & Martinez-Rubio 2019).
 
+    modReLU is Arjovsky et al. 2016's :math:`\sigma_{\mathrm{ReLU}}(|z| + b)\, z / |z|` (their
+    LaTeX in ``amarshah/complex_RNN``, "Input to Hidden, Nonlinearity, Hidden to Output"),
+    written for real z as in ``modrelu`` of the expRNN code:
+
     .. math::
         z = x W_{ih} + h W_{hh},\qquad h' = \mathrm{modReLU}(z) = \mathrm{sign}(z)\,\mathrm{relu}(|z| + b),
         \qquad y = h'
@@ -425,7 +451,8 @@ def orthogonal_rnn(hidden_size: int, *, skew_init: str = "henaff", activation: s
     the same at every t for a loss on the last state (the oracle in the tests).
 
     Params (the equations and initialisation of ``OrthogonalRNN`` and ``modrelu`` in
-    ``orthogonal.py`` of the authors' code, ``Lezcano/expRNN``):
+    ``orthogonal.py`` of the authors' code, ``Lezcano/expRNN`` read at commit 830ec83; the
+    paper's own text beyond its abstract was not found):
 
     ========  ========  ==========================================================
     key       shape     initialisation
@@ -441,13 +468,14 @@ def orthogonal_rnn(hidden_size: int, *, skew_init: str = "henaff", activation: s
     :func:`orthogonal_optimizer`, the exponential-map trivialisation of the authors' code.
     Any plain optimiser treats ``w_hh`` as a free matrix. ``b_mod`` marks the cell's params
     for that optimiser. There is no hand-written backward (``pointwise`` depends on
-    ``b_mod``), so ``fused_backward=True`` refuses this cell.
+    ``b_mod``), so layers of this cell are differentiated by autodiff (``backward="jvp"``
+    or ``"vjp"`` is refused).
 
     Args:
       hidden_size: H >= 1.
-      skew_init: ``"henaff"`` (angles U(-pi, pi); the default of the authors' copying script
-        ``1_copying.py``) or ``"cayley"`` (the default of their ``2_mnist.py``).
-      activation: ``"modrelu"`` (the paper's) or ``"linear"`` (no nonlinearity; for analysis).
+      skew_init: ``"henaff"`` (angles U(-pi, pi); ``--init`` default of the authors' copying
+        script ``1_copying.py``) or ``"cayley"`` (the ``--init`` default of their ``2_mnist.py``).
+      activation: ``"modrelu"`` (the authors' code's) or ``"linear"`` (no nonlinearity; for analysis).
     """
     H = checks.check_int(hidden_size, "hidden_size")
     checks.check_choice(skew_init, "skew_init", SKEW_INITS)
@@ -463,10 +491,13 @@ def orthogonal_rnn(hidden_size: int, *, skew_init: str = "henaff", activation: s
                 "b_mod": jax.random.uniform(k_b, (H,), dtype, -0.01, 0.01)}
 
     def recurrent_step(params: Params, h: Array, xp: Array) -> tuple[Array, Array]:
-        z = xp + hidden_proj(params, h)                                     # (..., H)
-        if activation == "modrelu":
-            z = jnp.sign(z) * jax.nn.relu(jnp.abs(z) + params["b_mod"])
-        return z, z
+        def pointwise(h, xp, hp):                                           # b_mod: no Cell.pointwise
+            z = xp + hp                                                     # (..., H)
+            if activation == "modrelu":
+                z = jnp.sign(z) * jax.nn.relu(jnp.abs(z) + params["b_mod"])
+            return z, z, None
+        h, y, _ = pointwise_step(pointwise, _identity, params, h, xp)
+        return h, y
 
     def step(params: Params, h: Array, x: Array) -> tuple[Array, Array]:
         check_params(params, H, 1, "orthogonal", x.shape[-1])            # trace time only

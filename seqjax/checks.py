@@ -25,6 +25,7 @@ __all__ = [
     "check_int", "check_rate", "check_float", "check_bool", "check_choice", "check_float_dtype",
     "check_array", "check_lengths", "check_mask", "check_bias", "broadcast_to_rank",
     "check_tokens", "check_token_id", "check_key", "check_tree_like", "concrete_int", "is_concrete",
+    "check_precision",
 ]
 
 
@@ -270,4 +271,30 @@ def check_tree_like(value: Any, like: Any, name: str, layout: str) -> Any:
                              f"got {tuple(leaf.shape)}")
         if leaf.dtype != ref.dtype:
             raise TypeError(f"{name} must have dtype {ref.dtype}, got {leaf.dtype}")
+    return value
+
+
+def check_precision(value: Any, name: str = "precision") -> Any:
+    """A mixed-precision policy: None (no policy), a :class:`seqjax.precision.Policy`, or a
+    name :func:`seqjax.precision.policy` knows (``"float32"``, ``"bfloat16"``, ``"float64"``,
+    ``"params=float32,compute=bfloat16,output=float32"``). Returns the Policy, or None.
+
+    A policy with a float64 dtype needs ``jax_enable_x64``: without it JAX would make
+    float32 arrays and the policy would silently not take effect, so it is refused.
+    """
+    from seqjax import precision                 # imported here: seqjax.precision builds on this module
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = precision.policy(value)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    if not isinstance(value, precision.Policy):
+        raise TypeError(f"{name} must be None, a seqjax.precision.Policy or a policy name "
+                        f"{list(precision.PRESETS)}, got {value!r} of type {type(value).__name__}")
+    wide = [f for f in ("param_dtype", "compute_dtype", "output_dtype") if getattr(value, f) == jnp.float64]
+    if wide and not jax.config.jax_enable_x64:
+        raise ValueError(f"{name}={value} needs float64, which JAX makes only with jax_enable_x64 "
+                         "(jax.config.update('jax_enable_x64', True)); without it every array would be float32")
     return value

@@ -30,6 +30,7 @@ import numpy as np
 
 from seqjax import checks
 from seqjax.cells import Cell
+from seqjax.precision import accumulation_dtype
 from seqjax.recurrent import Recurrent, carry_dtype, perturbed_step, unroll
 from seqjax.types import Array, Carry, Params, PRNGKey
 
@@ -48,8 +49,10 @@ def safe_norm(x: Array, axis=-1) -> Array:
       axis: an int or a tuple of ints.
 
     Returns:
-      ``x`` reduced over ``axis``.
+      ``x`` reduced over ``axis``, in at least float32 (a bfloat16 gradient's norm is
+      taken in float32: :func:`seqjax.precision.accumulation_dtype`).
     """
+    x = x.astype(accumulation_dtype(x.dtype))
     m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
     safe_m = jnp.where(m > 0, m, jnp.ones_like(m))
     norm = jnp.squeeze(safe_m, axis) * jnp.sqrt(jnp.sum(jnp.square(x / safe_m), axis=axis))
@@ -130,8 +133,8 @@ def state_gradients(cell: Cell | Recurrent, params: Params, xs: Array,
     :func:`seqjax.recurrent.perturbed_step`; a cell runs it through
     :func:`~seqjax.recurrent.unroll`, a layer through its own
     ``apply(..., perturbations=...)`` hook (so a layer is analysed by the same
-    layer x direction loop that trains it; with ``fused_backward=True`` that call
-    uses the plain autodiff unroll).
+    layer x direction loop that trains it; whatever the layer's ``backward`` path,
+    that call uses the plain autodiff unroll).
 
     Why not the gradient w.r.t. the scan *outputs* ``ys``: differentiating
     ``loss_fn(ys)`` w.r.t. ``ys`` treats every :math:`y_t` as an independent leaf, so
@@ -203,7 +206,7 @@ def _layer_state_gradients(rec: Recurrent, params, xs, loss_fn, initial_carry, l
     _check_scalar_loss(loss_fn, jax.eval_shape(outputs, None))
     cfg = rec.config
     B, T, _ = xs.shape
-    dtype = carry_dtype(params["layers"][0]["forward"], xs)
+    dtype = carry_dtype(params["layers"][0]["forward"], xs, cfg.precision)     # the layer's carry dtype
     eps0 = [{d: cfg.cell.initial_carry((B, T), dtype) for d in cfg.directions}   # (B, T, H) leaves
             for _ in range(cfg.num_layers)]
     return jax.grad(lambda eps: loss_fn(outputs(eps)))(eps0)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import checks
+from seqjax.precision import accumulation_dtype
 from seqjax.types import Array, DType, Params, PRNGKey
 
 __all__ = ["ACTIVATIONS", "activation", "INITS", "dense_init", "dense", "embedding_init", "embed",
@@ -126,12 +127,18 @@ def layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
 
     .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot \mathrm{scale} + \mathrm{bias}
 
-    with the biased variance, as ``torch.nn.LayerNorm``; ``"bias"`` is optional.
+    with the biased variance, as ``torch.nn.LayerNorm``; ``"bias"`` is optional. The
+    statistics and the normalisation run in at least float32 (bfloat16 x is promoted
+    first: :func:`seqjax.precision.accumulation_dtype`); y is returned in the dtype of
+    ``x`` and the params, promoted.
     """
+    dtype = jnp.result_type(x, *p.values())
+    x = x.astype(accumulation_dtype(x.dtype))
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"]
-    return y + p["bias"] if "bias" in p else y
+    y = y + p["bias"] if "bias" in p else y
+    return y.astype(dtype)
 
 
 def dropout(x: Array, rate: float, dropout_key: PRNGKey | None) -> Array:

@@ -2,7 +2,7 @@ r"""Losses and metrics, written once: cross-entropy, accuracy, mean squared erro
 
 Every function takes an optional ``mask`` (True or 1 = counted) and returns the
 mean over the counted entries (0 when none is counted), reduced in at least
-float32. Labels are checked: out-of-range class ids raise ``ValueError`` when they
+float32 (:func:`seqjax.precision.accumulation_dtype`: the loss of a bfloat16 model is float32). Labels are checked: out-of-range class ids raise ``ValueError`` when they
 are concrete, because a gather would silently clamp them (or wrap -1 to the last
 class).
 """
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import checks
+from seqjax.precision import accumulation_dtype
 from seqjax.types import Array
 
 __all__ = ["cross_entropy", "accuracy", "mse"]
@@ -68,7 +69,7 @@ def cross_entropy(logits: Array, targets: Array, *, mask: Array | None = None,
     """
     targets = _check_targets(logits, targets)
     eps = checks.check_rate(label_smoothing, "label_smoothing")
-    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+    logp = jax.nn.log_softmax(logits.astype(accumulation_dtype(logits.dtype)), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     loss = (1.0 - eps) * nll + eps * (-jnp.mean(logp, axis=-1)) if eps else nll
     return _mean(loss, _weights(loss.shape, loss.dtype, mask, targets, ignore_id))
@@ -89,6 +90,6 @@ def mse(predictions: Array, targets: Array, *, mask: Array | None = None) -> Arr
     if tuple(predictions.shape) != tuple(targets.shape):
         raise ValueError(f"predictions and targets must have the same shape, got "
                          f"{tuple(predictions.shape)} and {tuple(targets.shape)}")
-    acc = jnp.promote_types(predictions.dtype, jnp.float32)
+    acc = accumulation_dtype(predictions.dtype)
     err = jnp.square(predictions.astype(acc) - targets.astype(acc))
     return _mean(err, _weights(err.shape, err.dtype, mask, None, None))

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import cells, checks, layers, recurrent, transformer
+from seqjax.precision import Policy, wrap
 from seqjax.types import Array, Carry, Params, PRNGKey
 
 __all__ = ["SequenceModelConfig", "SequenceModel", "sequence_model",
@@ -75,6 +76,17 @@ def _check_ints(obj, *names) -> None:
 def _check_inputs_given(obj) -> None:
     if obj.input_size is None and obj.vocab_size is None:
         raise ValueError("give input_size (float inputs (B, T, E)) or vocab_size (tokens (B, T))")
+
+
+def _compute(precision: Policy | None, x):
+    """``x`` in the policy's compute dtype (a recurrent layer's float32 outputs or state, on
+    their way into the head); unchanged without a policy."""
+    return x if precision is None else precision.cast_to_compute(x)
+
+
+def _param_init(precision: Policy | None, init: Callable[[PRNGKey], Params]) -> Callable[[PRNGKey], Params]:
+    """``init`` whose params come out in the policy's param dtype; ``init`` itself without a policy."""
+    return init if precision is None else lambda key: precision.cast_to_param(init(key))
 
 
 # ----------------------------------------------------------------------------- sequence model
@@ -141,12 +153,18 @@ def _embed_inputs(config, params: Params, x, *, scale: float = 1.0) -> Array:
     return x
 
 
-def sequence_model(config: SequenceModelConfig) -> SequenceModel:
-    """Embedding (optional) -> recurrent layer -> linear readout. See the module docstring."""
+def sequence_model(config: SequenceModelConfig, *, precision: Policy | str | None = None) -> SequenceModel:
+    """Embedding (optional) -> recurrent layer -> linear readout. See the module docstring.
+
+    ``precision``: None, or a mixed-precision policy (:mod:`seqjax.precision`): params in its
+    param dtype, ``apply`` computes in its compute dtype with the recurrent carry in float32
+    (``recurrent.layer(precision=...)``) and returns outputs in its output dtype.
+    """
     if not isinstance(config, SequenceModelConfig):
         raise TypeError(f"config must be a SequenceModelConfig, got {type(config).__name__}")
+    precision = checks.check_precision(precision)
     cell = _cell(config)
-    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout, precision=precision)
     E = config.embed_size if config.vocab_size is not None else config.input_size
 
     def init(key: PRNGKey) -> Params:
@@ -165,9 +183,9 @@ def sequence_model(config: SequenceModelConfig) -> SequenceModel:
             feats = cell.output(jax.tree.map(lambda a: a[-1], final))     # (B, H) last layer
         else:
             feats = ys                                                    # (B, T, H)
-        return layers.dense(params["head"], feats)
+        return layers.dense(params["head"], _compute(precision, feats))
 
-    return SequenceModel(init, apply, config)
+    return SequenceModel(_param_init(precision, init), wrap(precision, apply), config)
 
 
 # ----------------------------------------------------------------------------- Transformer
@@ -217,8 +235,11 @@ class TransformerSequenceConfig:
             final_norm=self.norm_first)
 
 
-def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceModel:
+def transformer_sequence_model(config: TransformerSequenceConfig, *,
+                               precision: Policy | str | None = None) -> SequenceModel:
     """Input projection / embedding -> positional encoding -> encoder stack -> readout.
+
+    ``precision`` as :func:`sequence_model` (softmax and layer-norm statistics in float32).
 
     Params: ``{"input": {"kernel": (E, D), "bias": (D,)}`` or ``{"embed": {"embedding": (V, D)}}``,
     ``"pos"``, ``"encoder"`` (a :func:`seqjax.transformer.encoder` stack),
@@ -228,6 +249,7 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
     """
     if not isinstance(config, TransformerSequenceConfig):
         raise TypeError(f"config must be a TransformerSequenceConfig, got {type(config).__name__}")
+    precision = checks.check_precision(precision)
     D = config.model_size
     stack = transformer.encoder(config.stack())
     pos = transformer.positional_encoding(config.positional, config.max_len, D)
@@ -262,7 +284,7 @@ def transformer_sequence_model(config: TransformerSequenceConfig) -> SequenceMod
             h = h[jnp.arange(B), last]                                      # (B, D)
         return layers.dense(params["head"], h)
 
-    return SequenceModel(init, apply, config)
+    return SequenceModel(_param_init(precision, init), wrap(precision, apply), config)
 
 
 # ----------------------------------------------------------------------------- char LM
@@ -319,11 +341,17 @@ class RecurrentLM(NamedTuple):
         return self.config.vocab_size
 
 
-def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
-    """Embedding (V, E) -> recurrent layer -> linear head (H, V)."""
+def recurrent_lm(config: RecurrentLMConfig, *, precision: Policy | str | None = None) -> RecurrentLM:
+    """Embedding (V, E) -> recurrent layer -> linear head (H, V).
+
+    ``precision`` as :func:`sequence_model`; the carry (and the decode state) stays in the
+    policy's accumulation dtype (float32 for bfloat16), logits come in its output dtype.
+    """
     if not isinstance(config, RecurrentLMConfig):
         raise TypeError(f"config must be a RecurrentLMConfig, got {type(config).__name__}")
-    rnn = recurrent.layer(_cell(config), num_layers=config.num_layers, dropout=config.dropout)
+    precision = checks.check_precision(precision)
+    rnn = recurrent.layer(_cell(config), num_layers=config.num_layers, dropout=config.dropout,
+                          precision=precision)
     V = config.vocab_size
 
     def init(key: PRNGKey) -> Params:
@@ -337,7 +365,7 @@ def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
         tokens = checks.check_tokens(tokens, V, "tokens")
         h = layers.embed(params["embed"], tokens)                          # (B, T, E)
         ys, carry = rnn.apply(params["rnn"], h, initial_carry=carry, dropout_key=dropout_key)
-        return layers.dense(params["head"], ys), carry                     # (B, T, V)
+        return layers.dense(params["head"], _compute(precision, ys)), carry  # (B, T, V)
 
     # The decode state is the carry with the batch axis first, as the protocol asks.
     to_state = lambda carry: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), carry)  # noqa: E731
@@ -357,7 +385,10 @@ def recurrent_lm(config: RecurrentLMConfig) -> RecurrentLM:
         logits, carry = apply(params, tokens[:, None], to_carry(state))
         return logits[:, 0], to_state(carry)
 
-    return RecurrentLM(init, apply, rnn.initial_carry, start, decode_step, config)
+    # the carry goes in and out as the layer keeps it (float32 under bfloat16): never cast
+    apply_, start_, decode_step_ = (wrap(precision, f, inputs=False, outputs="first")
+                                    for f in (apply, start, decode_step))
+    return RecurrentLM(_param_init(precision, init), apply_, rnn.initial_carry, start_, decode_step_, config)
 
 
 # ----------------------------------------------------------------------------- one-to-many
@@ -451,12 +482,18 @@ class ConditionedDecoder(NamedTuple):
         return self.config.vocab_size
 
 
-def conditioned_decoder(config: ConditionedDecoderConfig) -> ConditionedDecoder:
-    """Features -> initial state; embedding -> recurrent layer -> linear head. See :class:`ConditionedDecoder`."""
+def conditioned_decoder(config: ConditionedDecoderConfig, *,
+                        precision: Policy | str | None = None) -> ConditionedDecoder:
+    """Features -> initial state; embedding -> recurrent layer -> linear head. See :class:`ConditionedDecoder`.
+
+    ``precision`` as :func:`recurrent_lm` (the initial state is made in the compute dtype
+    and kept in the accumulation dtype).
+    """
     if not isinstance(config, ConditionedDecoderConfig):
         raise TypeError(f"config must be a ConditionedDecoderConfig, got {type(config).__name__}")
+    precision = checks.check_precision(precision)
     cell = _cell(config)
-    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout)
+    rnn = recurrent.layer(cell, num_layers=config.num_layers, dropout=config.dropout, precision=precision)
     E, V, H, L = config.feature_size, config.vocab_size, config.hidden_size, config.num_layers
     treedef = jax.tree.structure(cell.initial_carry((1,)))
 
@@ -478,6 +515,8 @@ def conditioned_decoder(config: ConditionedDecoderConfig) -> ConditionedDecoder:
         B = _check_features(features).shape[0]
         leaves = [jnp.tanh(layers.dense(p, features)).reshape(B, L, H).swapaxes(0, 1)   # (L, B, H)
                   for p in params["condition"]]
+        if precision is not None:                                          # the layer's carry dtype
+            leaves = [a.astype(precision.accumulation_dtype) for a in leaves]
         return jax.tree.unflatten(treedef, leaves)
 
     def _run(params, carry, tokens, dropout_key):
@@ -485,7 +524,7 @@ def conditioned_decoder(config: ConditionedDecoderConfig) -> ConditionedDecoder:
                            layers.sub_key(dropout_key, 0))                 # (B, S, embed_size)
         ys, carry = rnn.apply(params["rnn"], x, initial_carry=carry,
                               dropout_key=layers.sub_key(dropout_key, 1))  # (B, S, H)
-        return layers.dense(params["head"], ys), carry                     # (B, S, V)
+        return layers.dense(params["head"], _compute(precision, ys)), carry  # (B, S, V)
 
     def apply(params: Params, features: Array, tgt_in: Array, *,
               dropout_key: PRNGKey | None = None) -> Array:
@@ -518,4 +557,6 @@ def conditioned_decoder(config: ConditionedDecoderConfig) -> ConditionedDecoder:
         state = ConditionedDecoderState(swap(initial_carry(params, features)))
         return decode_step(params, state, jnp.full((features.shape[0],), sos_id, jnp.int32))
 
-    return ConditionedDecoder(init, initial_carry, apply, start, decode_step, config)
+    return ConditionedDecoder(_param_init(precision, init), wrap(precision, initial_carry, outputs="none"),
+                              wrap(precision, apply), wrap(precision, start, outputs="first"),
+                              wrap(precision, decode_step, inputs=False, outputs="first"), config)

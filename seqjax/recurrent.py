@@ -17,13 +17,18 @@ own last valid step, the reverse direction starts there, and nothing in the padd
 can change any valid output (the gradient of valid outputs w.r.t. padded inputs is
 exactly zero).
 
-``layer(..., fused_backward=True)`` swaps autodiff of the scan for a hand-written
-backward pass (``jax.custom_vjp``, in the private ``seqjax._fused``): the backward
-scan only carries dh (and dc) and emits the gate gradients; dW_ih, dW_hh, the
-biases and dx are then one large matmul each over all T*B rows, as cuDNN does.
-Same forward, same padding semantics, gradients equal to autodiff's up to float
-rounding; faster reverse mode (``benchmarks/results/recurrent.md``), but no
-forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``).
+How a layer is differentiated is ``layer(..., backward=...)`` (:data:`BACKWARDS`; the
+rules live in the private ``seqjax._fused``). The default, ``"jvp"``, gives each
+(layer, direction) a ``jax.custom_jvp`` built from the cell's pieces: JAX transposes
+it into cuDNN's backward pass (a backward scan that only carries dh, and dc, then
+dW_ih, dW_hh, the biases and dx as one large matmul each over all T*B rows), and
+forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) keeps working.
+``"vjp"`` (also spelled ``fused_backward=True``) is the same backward written as a
+``jax.custom_vjp`` (reverse mode only); ``"autodiff"`` differentiates the scan as
+written. Same forward, same padding semantics, gradients equal up to float rounding;
+measured in ``benchmarks/results/fast_path.md``. Cells without a hand-written
+derivative (``cell.pointwise_backward is None``, e.g. ``"orthogonal"``) default to
+``"autodiff"``.
 
 ``layer(...).apply(..., perturbations=...)`` is the hook of gradient analysis: it
 adds a given (B, T, H) perturbation to every (layer, direction, step) carry
@@ -32,7 +37,10 @@ this module's own layer x direction loop instead of a copy of it.
 
 Measured layout choice: ``x_t @ W_ih`` is computed inside each step: on XLA:CPU
 hoisting it out of the scan measured 1.6-1.9x slower for LSTM/GRU forward+backward
-at B=32, T=128, I=128, H=256 (``benchmarks/results/input_projection.md``).
+at B=32, T=128, I=128, H=256 (``benchmarks/results/input_projection.md``), and still
+slower inside the ``"jvp"`` path (``benchmarks/results/fast_path.md``: the hoisted
+product writes a fresh (T*B, G*H) array and a separate bias pass, where the in-step
+product's (B, G*H) output stays in cache).
 """
 
 from __future__ import annotations
@@ -45,12 +53,19 @@ import jax.numpy as jnp
 
 from seqjax import checks, layers
 from seqjax.cells import Cell
+from seqjax.precision import Policy
 from seqjax.types import Array, Carry, DType, Params, PRNGKey
 
 __all__ = ["unroll", "static_unroll", "perturbed_step", "Recurrent", "RecurrentConfig", "layer",
-           "carry_dtype"]
+           "carry_dtype", "BACKWARDS"]
 
 StepFn = Callable[[Params, Carry, Any], tuple[Carry, Any]]
+
+#: How :func:`layer` can differentiate a recurrence: ``"jvp"`` (a ``jax.custom_jvp`` that JAX
+#: transposes into cuDNN's backward; forward mode works; the default for every cell with a
+#: hand-written derivative), ``"vjp"`` (the same backward as a ``jax.custom_vjp``; reverse mode
+#: only) and ``"autodiff"`` (the scan as written; every cell).
+BACKWARDS = ("jvp", "vjp", "autodiff")
 
 
 def _time_mask(valid: Array, leaf: Array) -> Array:
@@ -162,32 +177,60 @@ def _scan(step, params, carry, xs_tm, lengths, reverse, unroll, remat):
     cell and shapes reuse one compilation (under an outer jit it is simply inlined).
     The cache is keyed on (and holds) ``step``: steps must not close over arrays.
 
+    With ``lengths``, the semantics of :func:`_masked` (the body :func:`static_unroll`
+    runs), organised for linearisation: the padded inputs are zeroed for all steps at
+    once before the loop, the per-step validity (T, B) is computed before the loop and
+    scanned as an input, and the carry and output selects run under ``jax.checkpoint``
+    (:func:`_keep_valid`). Then differentiating the scan (autodiff, or the transpose of
+    ``seqjax._fused``'s tangent scan, whose inputs include primal residuals) finds no
+    primal work in the body to split off: written per step, the zeroing of the known
+    inputs and the (B, H) mask broadcasts became a separate loop over time that stacked
+    them, one more loop per (layer, direction) than without lengths (measured: the
+    2-layer bidirectional LSTM with lengths ran 0.83-0.88x the time of the per-step form,
+    ``benchmarks/results/attention_experiments.md``).
+
     With ``remat=K`` (< T) time runs as an outer scan over ceil(T/K) segments, each an
     inner scan of K steps under ``jax.checkpoint``: reverse mode keeps only the carries
     at segment boundaries and recomputes one segment's intermediates at a time, so
     memory is O(T/K + K) states instead of O(T). A T that K does not divide is padded
     with masked steps (carry passed through, output dropped)."""
     T = jax.tree.leaves(xs_tm)[0].shape[0]
-    if remat is None or remat >= T:
-        body = _masked(step, lengths)
-        return jax.lax.scan(lambda c, tx: body(params, c, tx), carry, (jnp.arange(T), xs_tm),
-                            reverse=reverse, unroll=unroll)
-    n = -(-T // remat)                                                    # segments
-    Tp = n * remat
+    B = jax.tree.leaves(xs_tm)[0].shape[1]
+    n = 1 if remat is None or remat >= T else -(-T // remat)              # segments
+    Tp = T if n == 1 else n * remat
     if Tp != T:
-        B = jax.tree.leaves(xs_tm)[0].shape[1]
         lengths = jnp.full((B,), T, jnp.int32) if lengths is None else lengths
         xs_tm = jax.tree.map(lambda a: jnp.pad(a, [(0, Tp - T)] + [(0, 0)] * (a.ndim - 1)), xs_tm)
-    body = _masked(step, lengths)
-    ts = jnp.arange(Tp).reshape(n, remat)                                 # (n, K)
-    segments = jax.tree.map(lambda a: a.reshape((n, remat) + a.shape[1:]), xs_tm)   # (n, K, B, ...)
+    valid = None
+    if lengths is not None:
+        valid = jnp.arange(Tp)[:, None] < lengths[None, :]                   # (Tp, B)
+        xs_tm = jax.tree.map(lambda a: jnp.where(_time_mask(valid, a), a, jnp.zeros((), a.dtype)), xs_tm)
+
+    def body(c, v_x):
+        v, x = v_x
+        new_carry, y = step(params, c, x)
+        if v is None:
+            return new_carry, y
+        return _keep_valid(v, new_carry, c), _keep_valid(v, y, jax.tree.map(jnp.zeros_like, y))
+
+    if n == 1:
+        return jax.lax.scan(body, carry, (valid, xs_tm), reverse=reverse, unroll=unroll)
+    split = lambda a: a.reshape((n, remat) + a.shape[1:])                 # noqa: E731  (n, K, B, ...)
 
     @jax.checkpoint
     def segment(c, seg):
-        return jax.lax.scan(lambda c_, tx: body(params, c_, tx), c, seg, reverse=reverse, unroll=unroll)
+        return jax.lax.scan(body, c, seg, reverse=reverse, unroll=unroll)
 
-    carry, ys = jax.lax.scan(segment, carry, (ts, segments), reverse=reverse)
+    carry, ys = jax.lax.scan(segment, carry, jax.tree.map(split, (valid, xs_tm)), reverse=reverse)
     return carry, jax.tree.map(lambda a: a.reshape((Tp,) + a.shape[2:])[:T], ys)
+
+
+@jax.checkpoint
+def _keep_valid(valid: Array, new: Any, old: Any) -> Any:
+    """``new`` where ``valid`` (B,), else ``old``, leaf by leaf ((B, ...) leaves). Under
+    ``jax.checkpoint`` so that linearising a scan keeps only ``valid`` (a scanned input)
+    as the residual and re-broadcasts it in the transposed loop."""
+    return jax.tree.map(lambda a, b: jnp.where(_time_mask(valid, a), a, b), new, old)
 
 
 def static_unroll(step: StepFn, params: Params, carry: Carry, xs: Any, *,
@@ -235,15 +278,22 @@ def perturbed_step(cell: Cell) -> StepFn:
 
 
 class RecurrentConfig(NamedTuple):
-    """Static facts of a layer: its cell, depth, directions, dropout rate, whether the
-    hand-written backward pass is used and the rematerialisation segment (see :func:`layer`)."""
+    """Static facts of a layer: its cell, depth, directions, dropout rate, how it is
+    differentiated (``backward``, one of :data:`BACKWARDS`, resolved), the
+    rematerialisation segment and the mixed-precision policy (see :func:`layer`)."""
 
     cell: Cell
     num_layers: int
     bidirectional: bool
     dropout: float
-    fused_backward: bool = False
+    backward: str = "autodiff"
     remat: int | None = None
+    precision: Policy | None = None
+
+    @property
+    def fused_backward(self) -> bool:
+        """The older spelling of ``backward == "vjp"``."""
+        return self.backward == "vjp"
 
     @property
     def num_directions(self) -> int:
@@ -263,11 +313,12 @@ class Recurrent(NamedTuple):
     takes ``num_directions * H``.
 
     Attributes:
-      init: ``init(key, input_size, dtype=float32) -> params``.
+      init: ``init(key, input_size, dtype=float32) -> params`` (dtype: a policy's param_dtype).
       apply: ``apply(params, x, *, lengths=None, initial_carry=None, dropout_key=None,
         perturbations=None) -> (outputs, final)``: x (B, T, E) -> outputs (B, T, D*H)
         and the final state, (L*D, B, H) leaves; see :func:`layer`.
-      initial_carry: ``initial_carry(batch_size, dtype=float32) -> final-layout zeros``.
+      initial_carry: ``initial_carry(batch_size, dtype=float32) -> final-layout zeros``
+        (dtype: a policy's accumulation dtype).
       config: the :class:`RecurrentConfig`.
     """
 
@@ -277,15 +328,46 @@ class Recurrent(NamedTuple):
     config: RecurrentConfig
 
 
-def carry_dtype(cell_params: Params, x: Array) -> jnp.dtype:
-    """The dtype a recurrence over ``x`` with ``cell_params`` carries: the promotion of
-    the input and recurrent-weight dtypes (bfloat16 inputs with float32 weights carry
-    float32), so that the scan's carry keeps one dtype from step to step."""
+def carry_dtype(cell_params: Params, x: Array, precision: Policy | None = None) -> jnp.dtype:
+    """The dtype a recurrence over ``x`` with ``cell_params`` carries, so that the scan's
+    carry keeps one dtype from step to step.
+
+    Without a policy: the promotion of the input and recurrent-weight dtypes (bfloat16
+    inputs with float32 weights carry float32). With a :class:`~seqjax.precision.Policy`:
+    its ``accumulation_dtype`` (float32 for bfloat16 compute), whatever ``x`` and the
+    params are, because the layer casts both to the compute dtype.
+    """
+    if precision is not None:
+        return precision.accumulation_dtype
     return jnp.result_type(x.dtype, cell_params["w_hh"].dtype)
 
 
+def _resolve_backward(cell: Cell, backward: str | None, fused_backward: bool) -> tuple[str, str]:
+    """``layer``'s ``backward`` and ``fused_backward`` -> (one of :data:`BACKWARDS`, the flag as the
+    caller spelled it, for messages). None picks ``"jvp"`` when the cell has a hand-written
+    derivative, else ``"autodiff"``; a path the cell cannot take is refused, never ignored."""
+    from seqjax import _fused                     # imported here: _fused is built on this module's unroll
+    fused_backward = checks.check_bool(fused_backward, "fused_backward")
+    if backward is not None:
+        checks.check_choice(backward, "backward", BACKWARDS)
+    if fused_backward:
+        if backward not in (None, "vjp"):
+            raise ValueError(f"fused_backward=True is backward='vjp'; it cannot be combined with "
+                             f"backward={backward!r}")
+        backward, flag = "vjp", "fused_backward=True"
+    elif backward is None:
+        return ("jvp" if _fused.supports(cell) else "autodiff"), "backward=None"
+    else:
+        flag = f"backward={backward!r}"
+    if backward != "autodiff" and not _fused.supports(cell):
+        raise ValueError(f"{flag} needs a cell with a hand-written backward (cell.pointwise_backward), "
+                         f"but the cell {cell.name!r} has none; use backward='autodiff'")
+    return backward, flag
+
+
 def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
-          dropout: float = 0.0, fused_backward: bool = False, remat: int | None = None) -> Recurrent:
+          dropout: float = 0.0, backward: str | None = None, fused_backward: bool = False,
+          remat: int | None = None, precision: Policy | str | None = None) -> Recurrent:
     """A multi-layer, optionally bidirectional, variable-length recurrent layer.
 
     Args:
@@ -296,25 +378,43 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
       dropout: rate in [0, 1) applied to the outputs of every layer but the last,
         as ``torch.nn.LSTM(dropout=...)`` does in training mode (only when ``apply``
         gets a ``dropout_key``).
-      fused_backward: run each (layer, direction) through a scan with a
-        hand-written backward pass (``jax.custom_vjp``): the backward scan only
-        carries dh (and dc) and emits gate gradients, then dW_ih, dW_hh, the biases
-        and dx are one matmul each after the loop (cuDNN's scheme). Same outputs and
-        padding semantics; gradients equal autodiff's up to float rounding; faster
-        reverse mode (measured in ``benchmarks/results/recurrent.md``). Forward-mode
-        differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) through the
-        layer is NOT supported with it (a TypeError); second derivatives by reverse
-        mode or ``jax.hessian`` still work (JAX differentiates the hand-written
-        backward, which is plain JAX). Needs a cell with a hand-written backward
-        (``cell.pointwise_backward is not None``: every cell of
-        :func:`seqjax.cells.make` but ``"orthogonal"``); any other cell raises ValueError here. A call
-        with ``perturbations`` runs the plain (autodiff) unroll instead.
+      backward: how each (layer, direction) is differentiated, one of
+        :data:`BACKWARDS`, or None (the default): ``"jvp"`` when the cell has a
+        hand-written derivative (``cell.pointwise_backward is not None``: every cell
+        of :func:`seqjax.cells.make` but ``"orthogonal"``), else ``"autodiff"``.
+
+        - ``"jvp"``: a ``jax.custom_jvp`` whose rule computes the tangents of the
+          input-driven projections as one matmul over all T*B rows and scans only the
+          state tangents; JAX transposes it into cuDNN's scheme (a backward scan that
+          carries dh, and dc, and emits gate gradients; dW_ih, dW_hh, the biases and
+          dx one matmul each after the loop). Forward mode (``jax.jvp``,
+          ``jax.jacfwd``, ``jax.linearize``), second derivatives and ``remat`` work.
+        - ``"vjp"``: the same backward written as a ``jax.custom_vjp``; forward mode
+          through the layer raises a TypeError, ``remat`` is refused.
+        - ``"autodiff"``: JAX differentiates the scan as written.
+
+        All three give the same outputs and padding semantics and gradients equal up
+        to float rounding; speed in ``benchmarks/results/fast_path.md``. ``"jvp"`` or
+        ``"vjp"`` with a cell that has no hand-written derivative is a ValueError. A
+        call with ``perturbations`` runs the autodiff unroll whatever ``backward`` is.
+      fused_backward: True is the older spelling of ``backward="vjp"`` (with any
+        other ``backward`` a ValueError).
       remat: None, or K >= 1: every (layer, direction) runs time in segments of K
         steps, each recomputed in the backward pass (``jax.checkpoint``; see
         :func:`unroll`), so gradient memory is O(T/K + K) states instead of O(T)
         per layer. Same values and gradients; about one extra forward pass of
-        compute. Works with lengths, bidirectional and multi-layer layers; not with
-        ``fused_backward`` (a ValueError: its hand-written backward stores every step).
+        compute. Works with lengths, bidirectional and multi-layer layers, with
+        ``backward="jvp"`` and ``"autodiff"``; not with ``"vjp"`` (a ValueError: its
+        hand-written backward stores every step).
+      precision: None (every array keeps its dtype; the carry is the promotion of the
+        input and weight dtypes, :func:`carry_dtype`), or a mixed-precision policy
+        (:func:`seqjax.precision.policy` name or :class:`~seqjax.precision.Policy`, checked
+        by :func:`seqjax.checks.check_precision`). With a policy, ``init`` makes params in
+        its ``param_dtype``; ``apply`` casts params and x (and each layer's input) to its
+        ``compute_dtype`` (the matmuls and gates), carries the state (h, and the LSTM's c)
+        in its ``accumulation_dtype`` (float32 for bfloat16: ``initial_carry`` and
+        ``perturbations`` must have it), and returns outputs in its ``output_dtype``; the
+        final state stays in the accumulation dtype. Works with every other option.
 
     Returns:
       A :class:`Recurrent` whose ``apply(params, x, *, lengths=None,
@@ -342,30 +442,28 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
     num_layers = checks.check_int(num_layers, "num_layers")
     bidirectional = checks.check_bool(bidirectional, "bidirectional")
     dropout = checks.check_rate(dropout, "dropout")
-    fused_backward = checks.check_bool(fused_backward, "fused_backward")
-    if fused_backward:
-        # imported here: _fused is built on this module's unroll
-        from seqjax import _fused
-        if not _fused.supports(cell):
-            raise ValueError(f"fused_backward=True needs a cell with a hand-written backward "
-                             f"(cell.pointwise_backward), but the cell {cell.name!r} has none; "
-                             "use fused_backward=False")
+    backward, flag = _resolve_backward(cell, backward, fused_backward)
+    from seqjax import _fused                     # imported here: _fused is built on this module's unroll
     if remat is not None:
         remat = checks.check_int(remat, "remat")
-        if fused_backward:
-            raise ValueError("remat and fused_backward=True cannot be combined: the hand-written backward "
-                             "stores every step's gate values; use one or the other")
-    config = RecurrentConfig(cell, num_layers, bidirectional, dropout, fused_backward, remat)
+        if backward == "vjp":
+            raise ValueError(f"remat and {flag} cannot be combined: the hand-written custom_vjp backward "
+                             "stores every step's gate values; use backward='jvp' (which composes with remat) "
+                             "or no remat")
+    precision = checks.check_precision(precision)
+    config = RecurrentConfig(cell, num_layers, bidirectional, dropout, backward, remat, precision)
     directions = config.directions
     H = cell.hidden_size
     ND = len(directions)
+    param_dtype = jnp.float32 if precision is None else precision.param_dtype
+    state_dtype = jnp.float32 if precision is None else precision.accumulation_dtype
 
-    def init(key: PRNGKey, input_size: int, dtype: DType = jnp.float32) -> Params:
+    def init(key: PRNGKey, input_size: int, dtype: DType = param_dtype) -> Params:
         keys = jax.random.split(checks.check_key(key), num_layers * ND).reshape(num_layers, ND)
         return {"layers": [{d: cell.init(keys[k, j], input_size if k == 0 else ND * H, dtype)
                             for j, d in enumerate(directions)} for k in range(num_layers)]}
 
-    def initial_carry(batch_size: int, dtype: DType = jnp.float32) -> Carry:
+    def initial_carry(batch_size: int, dtype: DType = state_dtype) -> Carry:
         return cell.initial_carry((num_layers * ND, batch_size), dtype)
 
     def _check(params: Params, x, lengths, carry0, dropout_key, perturbations):
@@ -387,7 +485,7 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             lengths = checks.check_lengths(lengths, B, T)
         if dropout_key is not None:
             checks.check_key(dropout_key, "dropout_key")
-        dtype = carry_dtype(params["layers"][0]["forward"], x)
+        dtype = carry_dtype(params["layers"][0]["forward"], x, precision)
         if carry0 is None:
             carry0 = cell.initial_carry((num_layers * ND, B), dtype)
         else:
@@ -403,16 +501,22 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
               initial_carry: Carry | None = None, dropout_key: PRNGKey | None = None,
               perturbations: list | None = None) -> tuple[Array, Carry]:
         lengths, carry0 = _check(params, x, lengths, initial_carry, dropout_key, perturbations)
+        if precision is not None:
+            params = precision.cast_to_compute(params)
         finals = []
         h = x                                                              # (B, T, E)
         for k in range(num_layers):
+            if precision is not None:
+                h = precision.cast_to_compute(h)                           # each layer's matmuls
             outs = []
             for j, d in enumerate(directions):
                 p, c0, rev = params["layers"][k][d], jax.tree.map(lambda a: a[k * ND + j], carry0), d == "backward"
                 if perturbations is not None:
                     final, ys = unroll(perturbed_step(cell), p, c0, (h, perturbations[k][d]), remat=remat,
                                        lengths=lengths, reverse=rev)
-                elif fused_backward:
+                elif backward == "jvp":
+                    final, ys = _fused.jvp_unroll(cell, p, c0, h, lengths=lengths, reverse=rev, remat=remat)
+                elif backward == "vjp":
                     final, ys = _fused.fused_unroll(cell, p, c0, h, lengths=lengths, reverse=rev)
                 else:
                     final, ys = unroll(cell.step, p, c0, h, lengths=lengths, reverse=rev, remat=remat)
@@ -421,6 +525,8 @@ def layer(cell: Cell, *, num_layers: int = 1, bidirectional: bool = False,
             h = outs[0] if ND == 1 else jnp.concatenate(outs, axis=-1)    # (B, T, ND*H)
             if k < num_layers - 1:
                 h = layers.dropout(h, dropout, layers.sub_key(dropout_key, k))
+        if precision is not None:
+            h = precision.cast_to_output(h)
         # per-(layer, direction) (B, H) leaves -> PyTorch's (L*D, B, H), layer-major, forward first
         return h, jax.tree.map(lambda *a: jnp.stack(a), *finals)
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from seqjax import checks
+from seqjax.precision import Policy, accumulation_dtype
 from seqjax.types import Array, Carry, Params, PRNGKey
 
 #: Names defined in :mod:`seqjax.loop` and re-exported here on first use.
@@ -147,7 +148,7 @@ def _at_least_float32(tree: Any) -> Any:
     """Leaves promoted to at least float32 (bfloat16 gradients are reduced in float32)."""
     def promote(a):
         a = jnp.asarray(a)
-        return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+        return a.astype(accumulation_dtype(a.dtype))
     return jax.tree.map(promote, tree)
 
 
@@ -271,13 +272,33 @@ def _with_clipping(optimizer, clip_norm) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
-def _init_state(optimizer):
+def _init_state(optimizer, precision: Policy | None = None):
     def init(params: Params, key: PRNGKey) -> TrainState:
         key = checks.check_key(key)
         raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        if precision is not None:
+            params = precision.cast_to_param(params)                # the stored (master) params
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
                           jnp.asarray(raw, jnp.uint32))
     return init
+
+
+def _with_precision(loss_fn: Callable, precision: Policy | None, where: str) -> Callable:
+    """``loss_fn(params, *rest)`` under a policy: the params it sees are cast to the compute
+    dtype (autodiff returns their gradients in the param dtype), and its loss must be float32
+    or wider (a ValueError at trace time otherwise). ``loss_fn`` itself without a policy."""
+    if precision is None:
+        return loss_fn
+
+    def mixed(params, *rest):
+        out = loss_fn(precision.cast_to_compute(params), *rest)
+        loss = out[0]
+        if accumulation_dtype(loss.dtype) != loss.dtype:
+            raise ValueError(f"with precision={precision}, {where} must return a float32 (or wider) loss, got "
+                             f"{loss.dtype}: reduce in float32 (seqjax.losses does) or give the model an "
+                             "output_dtype of float32")
+        return out
+    return mixed
 
 
 def _step_key(state: TrainState) -> PRNGKey:
@@ -340,7 +361,7 @@ def _checked_chunk_loss_fn(chunk_loss_fn: ChunkLossFn) -> ChunkLossFn:
 
 
 def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-            clip_norm: float | None = None) -> Trainer:
+            clip_norm: float | None = None, precision: Policy | str | None = None) -> Trainer:
     """Pure ``train_step`` / ``eval_step`` for a loss function and an optax optimiser.
 
     Args:
@@ -350,13 +371,22 @@ def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       clip_norm: clip the global gradient norm to this value, > 0, with
         ``optax.clip_by_global_norm`` (None: no clipping). The ``grad_norm`` metric
         is the norm before clipping.
+      precision: None (params and loss in whatever dtypes they have), or a mixed-precision
+        policy (:mod:`seqjax.precision`): ``init`` casts the params to its param dtype (the
+        stored master weights, which the optimiser updates, with their gradients and
+        optimiser state in that dtype), ``loss_fn`` receives them cast to its compute
+        dtype, and its loss must be float32 or wider (a ValueError otherwise). The batch is
+        passed as given: build the model with the same policy (``precision=``) so that it
+        casts its inputs and keeps its recurrent carry, softmax and layer-norm statistics
+        in float32.
 
     Returns:
       A :class:`Trainer`.
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    loss_fn = _checked_loss_fn(loss_fn)
+    precision = checks.check_precision(precision)
+    loss_fn = _with_precision(_checked_loss_fn(loss_fn), precision, "loss_fn")
     optimizer = _with_clipping(optimizer, clip_norm)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -368,7 +398,7 @@ def trainer(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         loss, metrics = loss_fn(params, batch, None)
         return {"loss": loss, **metrics}
 
-    return Trainer(_init_state(optimizer), train_step, eval_step, optimizer)
+    return Trainer(_init_state(optimizer, precision), train_step, eval_step, optimizer)
 
 
 # ----------------------------------------------------------------------------- truncated BPTT
@@ -396,7 +426,8 @@ def _chunks(batch, chunk_length: int):
 
 def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransformation, *,
                    chunk_length: int, initial_carry: Callable[[Any], Carry],
-                   clip_norm: float | None = None, update_every_chunk: bool = False) -> Trainer:
+                   clip_norm: float | None = None, update_every_chunk: bool = False,
+                   precision: Policy | str | None = None) -> Trainer:
     r"""Truncated backpropagation through time (Williams & Peng 1990; k1 = k2 = K).
 
     A batch of long sequences (leaves (B, T, ...), T a multiple of K) is cut into
@@ -418,6 +449,8 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
       clip_norm: global-norm clipping threshold, > 0, applied with
         ``optax.clip_by_global_norm`` to each update's gradient (None: none).
       update_every_chunk: see above.
+      precision: as :func:`trainer` (``chunk_loss_fn`` receives compute-dtype params; the
+        carry is passed as the model returns it).
 
     Returns:
       A :class:`Trainer`; its ``train_step(state, batch)`` starts each batch from
@@ -427,7 +460,8 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
     update_every_chunk = checks.check_bool(update_every_chunk, "update_every_chunk")
     if not callable(chunk_loss_fn):
         raise TypeError(f"chunk_loss_fn must be callable, got {type(chunk_loss_fn).__name__}")
-    chunk_loss_fn = _checked_chunk_loss_fn(chunk_loss_fn)
+    precision = checks.check_precision(precision)
+    chunk_loss_fn = _with_precision(_checked_chunk_loss_fn(chunk_loss_fn), precision, "chunk_loss_fn")
     optimizer = _with_clipping(optimizer, clip_norm)
     grad_fn = jax.value_and_grad(chunk_loss_fn, has_aux=True)
 
@@ -468,4 +502,4 @@ def truncated_bptt(chunk_loss_fn: ChunkLossFn, optimizer: optax.GradientTransfor
         _, (losses, ms) = jax.lax.scan(body, initial_carry(batch), chunks)
         return {"loss": jnp.mean(losses), **jax.tree.map(jnp.mean, ms)}
 
-    return Trainer(_init_state(optimizer), train_step, eval_step, optimizer)
+    return Trainer(_init_state(optimizer, precision), train_step, eval_step, optimizer)

@@ -46,6 +46,7 @@ from seqjax import attention as attn
 from seqjax import checks, layers
 from seqjax.checks import check_tokens
 from seqjax.layers import dense, dropout, layer_norm, sub_key
+from seqjax.precision import Policy, wrap
 from seqjax.types import Array, DType, Params, PRNGKey
 
 __all__ = [
@@ -490,14 +491,21 @@ def _check_stack_params(params, L):
         raise ValueError(f"params must be {{'layers': [...{L} layers], 'norm': ...}}, got {got}")
 
 
-def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
+def _dtypes(precision: Policy | None) -> tuple[DType, DType]:
+    """(the param dtype, the compute dtype) a factory's ``init`` and caches default to."""
+    return (jnp.float32, jnp.float32) if precision is None else (precision.param_dtype, precision.compute_dtype)
+
+
+def _stack(cfg: StackConfig, is_decoder: bool, precision: Policy | str | None = None) -> Stack:
     if not isinstance(cfg, StackConfig):
         raise TypeError(f"cfg must be a StackConfig, got {type(cfg).__name__}")
+    precision = checks.check_precision(precision)
+    param_dtype, compute_dtype = _dtypes(precision)
     layer = decoder_layer(cfg) if is_decoder else encoder_layer(cfg)
     L, D, N, K = cfg.num_layers, cfg.model_size, cfg.num_heads, cfg.model_size // cfg.num_heads
     mha = _mha(cfg)
 
-    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+    def init(key: PRNGKey, dtype: DType = param_dtype) -> Params:
         checks.check_key(key)
         keys = jax.random.split(key, L)
         params = {"layers": [layer.init(k, dtype) for k in keys]}
@@ -532,7 +540,7 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
             return _final(params, x)
         memory_kv = None
 
-    def init_cache(batch_size: int, max_len: int, dtype: DType = jnp.float32) -> list:
+    def init_cache(batch_size: int, max_len: int, dtype: DType = compute_dtype) -> list:
         z = jnp.zeros((batch_size, max_len, N, K), dtype)
         return [KVCache(z, z) for _ in range(L)]
 
@@ -545,17 +553,30 @@ def _stack(cfg: StackConfig, is_decoder: bool) -> Stack:
             new.append(c)
         return _final(params, x), new
 
+    # a policy: params and float inputs in the compute dtype, outputs in the output dtype;
+    # step's caches (cast on entry, returned as made) and memory_kv's heads stay in the compute dtype
+    apply = wrap(precision, apply)
+    step = wrap(precision, step, outputs="first")
+    if memory_kv is not None:
+        memory_kv = wrap(precision, memory_kv, outputs="none")
     return Stack(init, apply, jax.jit(apply), init_cache, step, memory_kv, layer, cfg)
 
 
-def encoder(cfg: StackConfig) -> Stack:
-    """An encoder stack (``torch.nn.TransformerEncoder``) on (B, T, D) inputs; see :class:`Stack`."""
-    return _stack(cfg, is_decoder=False)
+def encoder(cfg: StackConfig, *, precision: Policy | str | None = None) -> Stack:
+    """An encoder stack (``torch.nn.TransformerEncoder``) on (B, T, D) inputs; see :class:`Stack`.
+
+    ``precision``: None, or a mixed-precision policy (:mod:`seqjax.precision`): ``init`` makes
+    params in its param dtype (``init_cache``: caches in its compute dtype); ``apply`` and
+    ``step`` cast params and x to its compute dtype (layer-norm statistics and softmax run in
+    float32 either way) and return y in its output dtype.
+    """
+    return _stack(cfg, is_decoder=False, precision=precision)
 
 
-def decoder(cfg: StackConfig) -> Stack:
-    """A decoder stack (``torch.nn.TransformerDecoder``) on (B, S, D) inputs; see :class:`Stack`."""
-    return _stack(cfg, is_decoder=True)
+def decoder(cfg: StackConfig, *, precision: Policy | str | None = None) -> Stack:
+    """A decoder stack (``torch.nn.TransformerDecoder``) on (B, S, D) inputs; see :class:`Stack`.
+    ``precision`` as :func:`encoder` (``memory`` is cast to the compute dtype too)."""
+    return _stack(cfg, is_decoder=True, precision=precision)
 
 
 class EncoderDecoder(NamedTuple):
@@ -580,14 +601,17 @@ class EncoderDecoder(NamedTuple):
     decoder: Stack
 
 
-def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig) -> EncoderDecoder:
-    """Compose :func:`encoder` and :func:`decoder` stacks; see :class:`EncoderDecoder`."""
+def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig, *,
+                    precision: Policy | str | None = None) -> EncoderDecoder:
+    """Compose :func:`encoder` and :func:`decoder` stacks; see :class:`EncoderDecoder`.
+    ``precision`` as :func:`encoder`, for both stacks and ``apply``."""
     if encoder_cfg.model_size != decoder_cfg.model_size:
         raise ValueError(f"encoder and decoder model_size differ: {encoder_cfg.model_size} and "
                          f"{decoder_cfg.model_size}")
-    enc, dec = encoder(encoder_cfg), decoder(decoder_cfg)
+    precision = checks.check_precision(precision)
+    enc, dec = encoder(encoder_cfg, precision=precision), decoder(decoder_cfg, precision=precision)
 
-    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+    def init(key: PRNGKey, dtype: DType = _dtypes(precision)[0]) -> Params:
         checks.check_key(key)
         ke, kd = jax.random.split(key)
         return {"encoder": enc.init(ke, dtype), "decoder": dec.init(kd, dtype)}
@@ -599,6 +623,7 @@ def encoder_decoder(encoder_cfg: StackConfig, decoder_cfg: StackConfig) -> Encod
         return dec.apply(params["decoder"], tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                          dropout_key=sub_key(dropout_key, 1))
 
+    apply = wrap(precision, apply)
     return EncoderDecoder(init, apply, jax.jit(apply), enc, dec)
 
 
@@ -730,16 +755,24 @@ class Transformer(NamedTuple):
         return self.config.tgt_vocab_size
 
 
-def transformer(cfg: TransformerConfig) -> Transformer:
-    """The encoder-decoder Transformer of Vaswani et al. (2017); see :class:`Transformer`."""
+def transformer(cfg: TransformerConfig, *, precision: Policy | str | None = None) -> Transformer:
+    """The encoder-decoder Transformer of Vaswani et al. (2017); see :class:`Transformer`.
+
+    ``precision``: None, or a mixed-precision policy (:mod:`seqjax.precision`): ``init`` makes
+    params in its param dtype; every function casts the params (and ``encode``'s memory in
+    ``decode``) to its compute dtype, keeps the decode state (KV caches) in the compute dtype,
+    and returns memory and logits in its output dtype. Softmax and layer-norm statistics run
+    in float32 either way, and so does :func:`seqjax.losses.cross_entropy` on the logits.
+    """
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+    precision = checks.check_precision(precision)
     enc, dec = encoder(cfg.stack(cfg.num_encoder_layers)), decoder(cfg.stack(cfg.num_decoder_layers))
     pos = positional_encoding(cfg.positional, cfg.max_len, cfg.model_size)
     D, Vs, Vt = cfg.model_size, cfg.src_vocab_size, cfg.tgt_vocab_size
     tgt_key = "src_embed" if cfg.share_embeddings else "tgt_embed"
 
-    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+    def init(key: PRNGKey, dtype: DType = _dtypes(precision)[0]) -> Params:
         checks.check_key(key)
         ks = jax.random.split(key, 7)
         params = {"src_embed": _embed_init(ks[0], Vs, D, dtype),
@@ -810,7 +843,12 @@ def transformer(cfg: TransformerConfig) -> Transformer:
         state = init_decode(params, src, max_len, src_lengths=src_lengths)
         return decode_step(params, state, jnp.full((src.shape[0],), sos_id, jnp.int32))
 
-    return Transformer(init, encode, decode, apply, jax.jit(apply), init_decode, decode_step, start, cfg)
+    # a policy meets the public functions only: inside, they call each other in the compute dtype
+    public = [wrap(precision, f) for f in (encode, decode, apply)]
+    public += [wrap(precision, f, inputs=False, outputs=o)
+               for f, o in ((init_decode, "none"), (decode_step, "first"), (start, "first"))]
+    encode_, decode_, apply_, init_decode_, decode_step_, start_ = public
+    return Transformer(init, encode_, decode_, apply_, jax.jit(apply_), init_decode_, decode_step_, start_, cfg)
 
 
 class DecoderOnly(NamedTuple):
@@ -847,15 +885,18 @@ class DecoderOnly(NamedTuple):
         return self.config.vocab_size
 
 
-def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
-    """A decoder-only Transformer language model (Radford et al. 2018/2019); see :class:`DecoderOnly`."""
+def decoder_only(cfg: DecoderOnlyConfig, *, precision: Policy | str | None = None) -> DecoderOnly:
+    """A decoder-only Transformer language model (Radford et al. 2018/2019); see :class:`DecoderOnly`.
+    ``precision`` as :func:`transformer` (``init_decode``'s caches default to the compute dtype)."""
     if not isinstance(cfg, DecoderOnlyConfig):
         raise TypeError(f"cfg must be a DecoderOnlyConfig, got {type(cfg).__name__}")
+    precision = checks.check_precision(precision)
+    param_dtype, compute_dtype = _dtypes(precision)
     stack = encoder(cfg.stack())
     pos = positional_encoding(cfg.positional, cfg.max_len, cfg.model_size)
     D, V = cfg.model_size, cfg.vocab_size
 
-    def init(key: PRNGKey, dtype: DType = jnp.float32) -> Params:
+    def init(key: PRNGKey, dtype: DType = param_dtype) -> Params:
         checks.check_key(key)
         ke, kp, kd, ko = jax.random.split(key, 4)
         return {"embed": _embed_init(ke, V, D, dtype), "pos": pos.init(kp, dtype),
@@ -868,7 +909,7 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         h = stack.apply(params["decoder"], x, is_causal=True, dropout_key=sub_key(dropout_key, 1))
         return _logits(params, h, "embed")
 
-    def init_decode(params: Params, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> DecodeState:
+    def init_decode(params: Params, batch_size: int, max_len: int, dtype: DType = compute_dtype) -> DecodeState:
         _check_decode_len(max_len, 0, cfg.max_len, "max_len")
         return DecodeState(stack.init_cache(batch_size, max_len, dtype), (), None, jnp.zeros((), jnp.int32))
 
@@ -893,4 +934,6 @@ def decoder_only(cfg: DecoderOnlyConfig) -> DecoderOnly:
         logits, state = decode_step(params, state, prompt)
         return logits[:, -1], state
 
-    return DecoderOnly(init, apply, jax.jit(apply), init_decode, decode_step, start, cfg)
+    apply_ = wrap(precision, apply)
+    decode_step_, start_ = (wrap(precision, f, inputs=False, outputs="first") for f in (decode_step, start))
+    return DecoderOnly(init, apply_, jax.jit(apply_), init_decode, decode_step_, start_, cfg)

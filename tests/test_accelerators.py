@@ -4,9 +4,19 @@ No accelerator is available here, but ``jax.export`` lowers a function for anoth
 platform on a CPU-only machine: it fails on an op with no lowering there, and on any
 host callback (``jax.debug.callback``, ``jax.pure_callback``, ``io_callback``), which would
 be a device-to-host round trip in a hot loop. The last test shows the check catching one.
+
+Covered: every recurrent layer configuration (lengths, bidirectional, several layers,
+dropout between layers, remat, the ``fused_backward`` fast path, a bfloat16 policy),
+attention with dense and structured masks on every implementation (the device kernels
+each uses are recorded as the test's ``attention_kernels`` property), the Transformer
+and the RNN seq2seq model (forward and gradient), every decoding function, and a
+data-parallel ``train_step`` over a 4-device mesh. The cuDNN flash path
+(``implementation="cudnn"``) needs cuDNN at lowering time: on a host without it the test
+checks the refusal and says so in a warning instead of skipping.
 """
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +57,11 @@ LAYERS = {
     "bidirectional_2_layers": dict(num_layers=2, bidirectional=True, lengths=True),
     "fused_backward": dict(fused_backward=True, lengths=True),
     "fused_bidirectional": dict(num_layers=2, bidirectional=True, fused_backward=True),
+    "remat": dict(remat=2, lengths=True),
+    "remat_bidirectional_2_layers": dict(num_layers=2, bidirectional=True, remat=2, lengths=True),
+    "dropout_2_layers": dict(num_layers=2, dropout=0.5, dropout_key=True),
+    "bfloat16_policy": dict(precision="bfloat16", lengths=True),
+    "bfloat16_fused": dict(precision="bfloat16", fused_backward=True),
 }
 
 
@@ -55,12 +70,14 @@ LAYERS = {
 def test_recurrent_layer_gradients_lower(cell, name):
     opts = dict(LAYERS[name])
     use_lengths = opts.pop("lengths", False)
+    use_key = opts.pop("dropout_key", False)
     layer = recurrent.layer(cells.make(cell, 4), **opts)
     params = layer.init(jax.random.key(0), 3)
 
-    def loss(p, x, n):
-        return jnp.sum(layer.apply(p, x, lengths=n if use_lengths else None)[0] ** 2)
-    lower(jax.grad(loss), params, X, LENGTHS)
+    def loss(p, x, n, key):
+        return jnp.sum(layer.apply(p, x, lengths=n if use_lengths else None,
+                                   dropout_key=key if use_key else None)[0] ** 2)
+    lower(jax.grad(loss), params, X, LENGTHS, jax.random.key(1))
 
 
 def test_state_gradients_lower():
@@ -71,34 +88,71 @@ def test_state_gradients_lower():
                                                     lengths=n), params, X, LENGTHS)
 
 
-def test_attention_lowers_and_records_its_kernels():
+def test_attention_lowers_and_records_its_kernels(record_property):
     mha = attention.multi_head_attention(num_heads=2, qkv_size=8)
     params = mha.init(jax.random.key(0), 8)
     x = randn(1, (2, 6, 8))
-    mask = attention.combine_masks(attention.padding_mask(jnp.array([6, 3]), 6), attention.causal_mask(6))
+    lengths = jnp.array([6, 3])
+    mask = attention.combine_masks(attention.padding_mask(lengths, 6), attention.causal_mask(6))
+    recorded = {}
+    # implementation=None picks its path from the backend at trace time: here (a CPU host) the
+    # reference path; on a GPU/TPU the fast path, which "xla" forces and is lowered here too.
     for implementation in (None, "xla", "reference"):
         layer = attention.multi_head_attention(2, 8, implementation=implementation)
         kernels = lower(lambda p, x: layer.apply(p, x, mask=mask), params, x)
         # the XLA paths lower to plain HLO on both platforms: no vendor kernel is required
         assert kernels == {"cuda": set(), "tpu": set()}, kernels
+        recorded[f"mha implementation={implementation} dense mask"] = kernels
     q = randn(2, (2, 16, 2, 8), jnp.bfloat16)
-    # cuDNN flash attention needs a GPU with cuDNN at lowering time: say so, do not skip silently
-    with pytest.raises(RuntimeError, match="cuDNN is not detected"):
-        lower(lambda q: attention.scaled_dot_product_attention(q, q, q, implementation="cudnn"), q,
-              platforms=("cuda",))
+    for implementation in ("xla", "reference"):       # structured masks: what cuDNN's kernel takes
+        kernels = lower(lambda q, n: attention.scaled_dot_product_attention(
+            q, q, q, is_causal=True, key_lengths=n, implementation=implementation), q, lengths)
+        assert kernels == {"cuda": set(), "tpu": set()}, kernels
+        recorded[f"sdpa implementation={implementation} is_causal key_lengths bfloat16"] = kernels
+
+    # cuDNN flash attention needs cuDNN at lowering time. With it (a GPU host) it must lower to
+    # cuDNN's fused kernel; without it the refusal is checked and reported, never skipped silently.
+    def cudnn(q, n):
+        return attention.scaled_dot_product_attention(q, q, q, is_causal=True, key_lengths=n,
+                                                      implementation="cudnn")
+    if jax.default_backend() == "gpu":
+        kernels = lower(cudnn, q, lengths, platforms=("cuda",))
+        assert any("cudnn" in k for k in kernels["cuda"]), kernels
+        recorded["sdpa implementation=cudnn"] = kernels
+    else:
+        with pytest.raises(RuntimeError, match="cuDNN is not detected"):
+            lower(cudnn, q, lengths, platforms=("cuda",))
+        recorded["sdpa implementation=cudnn"] = "not lowered: cuDNN is not detected on this host"
+        warnings.warn("implementation='cudnn' (cuDNN flash attention) was NOT lowered: this host has no cuDNN "
+                      "(checked: jax refuses with 'cuDNN is not detected'); run tests/test_accelerators.py on a "
+                      "GPU host to lower it", UserWarning)
+    record_property("attention_kernels", {k: v if isinstance(v, str) else {p: sorted(c) for p, c in v.items()}
+                                          for k, v in recorded.items()})
 
 
-def test_transformer_seq2seq_and_models_lower():
+SRC, TGT, SRC_LENGTHS = randint(1, (2, 6), 3, V), randint(2, (2, 5), 1, V), jnp.array([6, 3])
+
+
+def test_transformer_and_decoder_only_lower():
     tfm = T.transformer(T.TransformerConfig(V, V, model_size=8, num_heads=2, ff_size=16, num_encoder_layers=1,
                                             num_decoder_layers=1, max_len=12))
     tp = tfm.init(jax.random.key(0))
-    src, tgt = randint(1, (2, 6), 3, V), randint(2, (2, 5), 1, V)
-    lower(lambda p, s, t, n: tfm.apply(p, s, t, src_lengths=n), tp, src, tgt, jnp.array([6, 3]))
-    s2s = seq2seq.seq2seq(seq2seq.Seq2SeqConfig(V, V, embed_size=4, hidden_size=8, bidirectional=True,
-                                                attention="additive"))
+    lower(lambda p, s, t, n: tfm.apply(p, s, t, src_lengths=n), tp, SRC, TGT, SRC_LENGTHS)
+    lower(lambda p, s, t, n, k: jax.grad(lambda q: jnp.sum(tfm.apply(q, s, t, src_lengths=n, dropout_key=k) ** 2))(p),
+          tp, SRC, TGT, SRC_LENGTHS, jax.random.key(1))
+    lm = T.decoder_only(T.DecoderOnlyConfig(V, model_size=8, num_heads=2, ff_size=16, num_layers=1, max_len=12))
+    lp = lm.init(jax.random.key(0))
+    lower(lambda p, t: jax.grad(lambda q: jnp.sum(lm.apply(q, t) ** 2))(p), lp, TGT)
+
+
+@pytest.mark.parametrize("attention_kind", seq2seq.ATTENTION)
+def test_seq2seq_gradients_lower(attention_kind):
+    # "dot" scores need encoder states as wide as the decoder's: a unidirectional encoder there
+    s2s = seq2seq.seq2seq(seq2seq.Seq2SeqConfig(V, V, embed_size=4, hidden_size=8, attention=attention_kind,
+                                                bidirectional=attention_kind != "dot"))
     sp = s2s.init(jax.random.key(0))
     lower(lambda p, s, t, n: jax.grad(lambda q: jnp.sum(s2s.apply(q, s, t, src_lengths=n) ** 2))(p),
-          sp, src, tgt, jnp.array([6, 3]))
+          sp, SRC, TGT, SRC_LENGTHS)
 
 
 def _decoders():

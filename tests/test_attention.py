@@ -1,4 +1,4 @@
-"""seqjax.attention: the maths of attention, masks, the two SDPA paths, MHA and Flax parity;
+"""seqjax.attention: the maths of attention, masks, the SDPA paths, MHA and Flax parity;
 jit == no jit (chex variants) and causality over random shapes (hypothesis)."""
 
 import functools
@@ -98,7 +98,7 @@ def test_fast_path_equals_reference_path(with_bias):
     np.testing.assert_allclose(gf, gr, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("implementation", ["xla", "reference", "vjp", "jvp"])
 def test_fully_masked_rows_give_zeros_and_finite_gradients(implementation):
     q, k, v = _qkv(2)
     mask = jnp.zeros((1, 1, TQ, TK), bool)
@@ -111,7 +111,7 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients(implementation):
     np.testing.assert_array_equal(w, 0.0)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("implementation", ["xla", "reference", "vjp", "jvp"])
 def test_causality_through_gradients(implementation):
     """Output i must not depend on key/value j > i: d out_i / d (k, v)_j == 0."""
     q, k, v = _qkv(4, tq=TK)
@@ -124,7 +124,7 @@ def test_causality_through_gradients(implementation):
         assert np.abs(np.asarray(gv[:, : i + 1])).sum() > 0
 
 
-@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("implementation", ["xla", "reference", "vjp", "jvp"])
 def test_padding_invariance_through_gradients(implementation):
     q, k, v = _qkv(5)
     lengths = jnp.array([5, 2])
@@ -139,7 +139,7 @@ def test_padding_invariance_through_gradients(implementation):
                                   sdpa(q, k, v2, mask=mask, implementation=implementation))
 
 
-@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("implementation", ["xla", "reference", "vjp", "jvp"])
 @pytest.mark.parametrize("tq", [TQ, TK])
 def test_structured_masks_equal_their_dense_masks_through_gradients(implementation, tq):
     """is_causal and key_lengths (passed to jax.nn.dot_product_attention as is_causal and
@@ -340,10 +340,10 @@ def test_luong_attention_matches_formula(score):
 
 
 class AttentionVariantsTest(chex.TestCase):
-    """Both SDPA paths and MHA, with and without jit (chex variants), against the NumPy formula."""
+    """The SDPA paths and MHA, with and without jit (chex variants), against the NumPy formula."""
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters("xla", "reference")
+    @parameterized.parameters("xla", "reference", "vjp", "jvp")
     def test_sdpa_matches_numpy(self, implementation):
         q, k, v = _qkv(7)
         mask, bias = _mask(), randn(8, (B, 1, TQ, TK))
@@ -378,7 +378,7 @@ def _causal_grads(implementation):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-@pytest.mark.parametrize("implementation", ["xla", "reference"])
+@pytest.mark.parametrize("implementation", ["xla", "reference", "vjp"])
 @settings(max_examples=max(3, settings.default.max_examples // 2))          # per implementation
 @given(batch=st.sampled_from([2, 1]), steps=st.sampled_from([6, 3, 1]), heads=st.sampled_from([2, 1]),
        seed=st.integers(0, 2 ** 16), data=st.data())

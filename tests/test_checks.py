@@ -213,9 +213,23 @@ def test_check_tree_like():
         checks.check_tree_like(cells.LSTMState(1.0, 2.0), like, "initial_carry", "(L*D, B, H)")
 
 
+def test_check_precision():
+    from seqjax import precision
+    assert checks.check_precision(None) is None
+    assert checks.check_precision("bfloat16") == precision.Policy(compute_dtype=jnp.bfloat16)
+    assert checks.check_precision("p=f32,c=bf16,o=f32", "cfg.precision") == precision.policy("bfloat16")
+    with pytest.raises(ValueError, match=r"^cfg.precision: unknown precision policy 'fp8'"):
+        checks.check_precision("fp8", "cfg.precision")
+    with pytest.raises(TypeError, match=r"^precision must be None, a seqjax.precision.Policy or a policy name "
+                                        r"\['float32', 'bfloat16', 'float64'\], got 16 of type int$"):
+        checks.check_precision(16)
+    with pytest.raises(ValueError, match=r"needs float64, which JAX makes only with jax_enable_x64"):
+        checks.check_precision("float64")
+
+
 def test_every_rule_is_tested_here():
     """A new rule in checks.__all__ needs a test in this file (the names are asserted, not scanned)."""
     tested = {"check_int", "check_rate", "check_float", "check_bool", "check_choice", "check_float_dtype",
               "check_array", "check_lengths", "check_mask", "check_bias", "broadcast_to_rank", "check_tokens",
-              "check_token_id", "check_key", "check_tree_like", "concrete_int", "is_concrete"}
+              "check_token_id", "check_key", "check_tree_like", "concrete_int", "is_concrete", "check_precision"}
     assert set(checks.__all__) == tested

@@ -68,6 +68,7 @@ def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path):
     (["--archs", "rnn_tanh,transformer"], r"archs must be a non-empty list from .*unknown \['transformer'\]"),
     (["--task", "sorting"], r"task must be one of \['adding', 'copying'\], got 'sorting'"),
     (["--length", "0"], r"length must be >= 1"),
+    (["--dtype", "float16"], r"dtype must be one of \['float32', 'bfloat16', 'float64'\], got 'float16'"),
 ])
 def test_gradient_norms_rejects_bad_names_before_compute(argv, match, tmp_path):
     with pytest.raises(ValueError, match=match):
@@ -81,3 +82,30 @@ def test_unwritable_output_is_rejected_before_compute(name, tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):
         _load(name).main(["--quick", "--out", str(blocker / "sub")])
+
+
+@pytest.mark.slow
+def test_gradient_norms_bfloat16_quick_run_has_its_own_directory_and_follows_float32(tmp_path, monkeypatch):
+    """--dtype bfloat16 writes results/gradient_norms_bfloat16/ (never the float32 headline's directory),
+    records its policy, and its curves follow float32's: every centre line within a factor
+    exp(GRADIENT_RTOL) (the library's bfloat16 gradient tolerance) at every distance."""
+    from seqjax import precision
+    module = _load("gradient_norms")
+    monkeypatch.setattr(module._common, "REPO", tmp_path)            # where the default --out points
+    archs = ["--archs", "rnn_relu,lstm_fb1,transformer_pre_ln"]
+    module.main(["--quick", *archs, "--out", str(tmp_path / "f32")])
+    out = module.main(["--quick", "--dtype", "bfloat16", *archs])
+    assert out == tmp_path / "results" / "gradient_norms_bfloat16" and not (tmp_path / "results" / "gradient_norms").exists()
+    cfg, summary = module.io.load_json(out / "config.json"), module.io.load_json(out / "summary.json")
+    assert cfg["dtype"] == summary["dtype"] == "bfloat16"
+    assert summary["precision"] == "params=float32,compute=bfloat16,output=float32"
+    assert (out / "reading.md").read_text().startswith("Precision policy bfloat16")
+    f32, bf16 = np.load(tmp_path / "f32" / "gradient_norms.npz"), np.load(out / "gradient_norms.npz")
+    for arch in cfg["archs"]:
+        for phase in ("init", "trained"):
+            a, b = f32[f"{arch}/{phase}"], bf16[f"{arch}/{phase}"]
+            assert b.dtype == np.float32 and np.all(np.isfinite(b)) and np.all(b > 0)
+            log_ratio = np.mean(np.log(b), axis=0) - np.mean(np.log(a), axis=0)      # centre lines
+            assert np.max(np.abs(log_ratio)) < precision.GRADIENT_RTOL, (arch, phase, log_ratio)
+            assert not np.array_equal(a, b)                                          # bfloat16 did run
+    _replot_from_saved(module, out, tmp_path, ["gradient_norms.npz"], "gradient_norms.png")

@@ -59,9 +59,12 @@ def test_time_major_matches_batch_major(name):
 
 # ----------------------------------------------------------------------------- layers
 
+# Every configuration on every derivative path (recurrent.BACKWARDS: the default "jvp", "vjp" and
+# "autodiff"): the paths share the forward pass and differ in how it is differentiated.
 LAYERS = {
-    (name, L, bidi): recurrent.layer(CELLS[name], num_layers=L, bidirectional=bidi)
+    (name, L, bidi, backward): recurrent.layer(CELLS[name], num_layers=L, bidirectional=bidi, backward=backward)
     for name in ("rnn_tanh", "lstm", "gru") for L in (1, 2) for bidi in (False, True)
+    for backward in recurrent.BACKWARDS
 }
 
 
@@ -70,8 +73,8 @@ class LayerVariantsTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(*LAYERS)
-    def test_layer_equals_loop_reference(self, name, num_layers, bidirectional):
-        layer = LAYERS[(name, num_layers, bidirectional)]
+    def test_layer_equals_loop_reference(self, name, num_layers, bidirectional, backward):
+        layer = LAYERS[(name, num_layers, bidirectional, backward)]
         params = layer.init(jax.random.key(0), E)
         x, lengths = _inputs(), jnp.asarray(LENGTHS)
         got = self.variant(layer.apply)(params, x, lengths=lengths)
@@ -80,6 +83,24 @@ class LayerVariantsTest(chex.TestCase):
 
 
 @pytest.mark.parametrize("key", [k for k in LAYERS if k[1] == 2], ids=str)
+def test_layer_gradients_equal_loop_reference(key):
+    """d/d params and d/d x of a loss on outputs and final state, on every derivative path, equal
+    autodiff of the Python-loop reference (2 layers, lengths)."""
+    layer = LAYERS[key]
+    params = layer.init(jax.random.key(0), E)
+    x, lengths, weights = _inputs(), jnp.asarray(LENGTHS), _inputs(9, (B, T, layer.config.num_directions * H))
+
+    def loss(apply):
+        def f(params, x):
+            outputs, final = apply(params, x)
+            return jnp.sum(outputs * weights) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(final))
+        return jax.grad(f, argnums=(0, 1))
+    got, want = jax.jit(lambda p, x: (loss(lambda p, x: layer.apply(p, x, lengths=lengths))(p, x),
+                                      loss(lambda p, x: _loop_reference(layer, p, x, lengths))(p, x)))(params, x)
+    assert_close(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", [k for k in LAYERS if k[1] == 2 and k[3] == "jvp"], ids=str)
 def test_layer_batched_equals_per_example_truncated(key):
     """Padding semantics == running each sequence alone, cut at its own length."""
     layer = LAYERS[key]
@@ -140,11 +161,11 @@ def test_dtypes(dtype):
     assert_close(outputs.astype(jnp.float32), ref, rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_mixed_precision_bfloat16_inputs_float32_params(fused):
+@pytest.mark.parametrize("backward", recurrent.BACKWARDS)
+def test_mixed_precision_bfloat16_inputs_float32_params(backward):
     """bf16 activations with f32 weights (the usual accelerator set-up): the carry is the
     promoted dtype, so the scan keeps one carry type, and results equal the f32 computation."""
-    layer = recurrent.layer(cells.lstm(H), num_layers=2, bidirectional=True, fused_backward=fused)
+    layer = recurrent.layer(cells.lstm(H), num_layers=2, bidirectional=True, backward=backward)
     params = layer.init(jax.random.key(0), E)
     x16 = _inputs().astype(jnp.bfloat16)
     outputs, final = layer.apply(params, x16, lengths=jnp.asarray(LENGTHS))
@@ -221,10 +242,10 @@ def _perturbations(layer, seed, scale=1.0):
              for i, d in enumerate(layer.config.directions)} for _ in range(layer.config.num_layers)]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["autodiff", "fused"])
+@pytest.mark.parametrize("backward", recurrent.BACKWARDS)
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_perturbations_add_to_every_carry(name, fused):
-    layer = recurrent.layer(CELLS[name], num_layers=2, bidirectional=True, fused_backward=fused)
+def test_perturbations_add_to_every_carry(name, backward):
+    layer = recurrent.layer(CELLS[name], num_layers=2, bidirectional=True, backward=backward)
     params = layer.init(jax.random.key(0), E)
     x, lengths = _inputs(), jnp.asarray(LENGTHS)
     zeros = _perturbations(layer, 0, scale=0.0)
@@ -234,10 +255,11 @@ def test_perturbations_add_to_every_carry(name, fused):
            _loop_reference(layer, params, x, lengths, eps))
 
 
-def test_perturbation_gradients_with_fused_backward_equal_autodiff():
-    """With perturbations the fused layer runs the plain unroll; its gradients are autodiff's."""
-    ref, fused = (recurrent.layer(CELLS["lstm"], num_layers=2, bidirectional=True, fused_backward=f)
-                  for f in (False, True))
+@pytest.mark.parametrize("backward", ["jvp", "vjp"])
+def test_perturbation_gradients_on_the_fast_paths_equal_autodiff(backward):
+    """With perturbations a fast-path layer runs the plain unroll; its gradients are autodiff's."""
+    ref, fused = (recurrent.layer(CELLS["lstm"], num_layers=2, bidirectional=True, backward=b)
+                  for b in ("autodiff", backward))
     params = ref.init(jax.random.key(0), E)
     eps = _perturbations(ref, 0, scale=0.0)
 
@@ -366,22 +388,23 @@ def test_property_scan_equals_python_loop(reverse, remat, name, shape, time_majo
 
 
 @functools.lru_cache(maxsize=None)
-def _layer(name, num_layers, bidirectional, fused):
+def _layer(name, num_layers, bidirectional, backward):
     """A layer and its jitted apply, built once per configuration (one compilation per shape)."""
-    layer = recurrent.layer(_cell(name), num_layers=num_layers, bidirectional=bidirectional,
-                            fused_backward=fused)
+    layer = recurrent.layer(_cell(name), num_layers=num_layers, bidirectional=bidirectional, backward=backward)
     return layer, jax.jit(layer.apply)
 
 
-# bidirectional and fused_backward pick code paths: swept by pytest, as above.
-_PATHS = pytest.mark.parametrize("bidirectional,fused", [(False, False), (True, False), (False, True), (True, True)],
-                                 ids=["uni", "bidi", "uni-fused", "bidi-fused"])
+# bidirectional and the derivative path (recurrent.BACKWARDS) pick code paths: swept by pytest, as above.
+_PATHS = pytest.mark.parametrize("bidirectional,backward",
+                                 [(bidi, b) for bidi in (False, True) for b in recurrent.BACKWARDS],
+                                 ids=[f"{'bidi' if bidi else 'uni'}-{b}" for bidi in (False, True)
+                                      for b in recurrent.BACKWARDS])
 _FUSABLE = tuple(n for n in cells.CELL_NAMES if _cell(n).pointwise_backward is not None)
 
 
-def _draw_cell(data, fused):
-    """A cell name of the registry (fused_backward=True: one with a hand-written backward)."""
-    return data.draw(st.sampled_from(_FUSABLE if fused else cells.CELL_NAMES), label="cell")
+def _draw_cell(data, backward):
+    """A cell name of the registry (the "jvp" and "vjp" paths: one with a hand-written backward)."""
+    return data.draw(st.sampled_from(cells.CELL_NAMES if backward == "autodiff" else _FUSABLE), label="cell")
 
 
 _BATCH_SHAPES = st.tuples(st.sampled_from([1, 3]), st.sampled_from([2, 5]))           # (B, T)
@@ -391,11 +414,11 @@ _BATCH_SHAPES = st.tuples(st.sampled_from([1, 3]), st.sampled_from([2, 5]))     
 @_PER_PATH
 @given(num_layers=st.sampled_from([1, 2]), shapes=st.tuples(_BATCH_SHAPES, _BATCH_SHAPES), seed=_SEEDS,
        data=st.data())
-def test_property_padding_and_batch_invariance(bidirectional, fused, num_layers, shapes, seed, data):
+def test_property_padding_and_batch_invariance(bidirectional, backward, num_layers, shapes, seed, data):
     """A sequence of length n, placed at a random row of two batches of random sizes and padded
     lengths, with different companions, padding (random, up to 1e3) and lengths: its valid
     outputs and final state are the same in both, and its padded outputs are exactly zero."""
-    layer, apply = _layer(_draw_cell(data, fused), num_layers, bidirectional, fused)
+    layer, apply = _layer(_draw_cell(data, backward), num_layers, bidirectional, backward)
     params = layer.init(jax.random.key(seed % 3), E)
     n = data.draw(st.integers(1, min(steps for _, steps in shapes)), label="n")
     sequence = randn(seed, (n, E))
@@ -420,8 +443,8 @@ _BAD_VALUES = st.sampled_from([np.nan, np.inf, -np.inf])
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_value_and_grad(name, num_layers, bidirectional, fused):
-    layer, _ = _layer(name, num_layers, bidirectional, fused)
+def _layer_value_and_grad(name, num_layers, bidirectional, backward):
+    layer, _ = _layer(name, num_layers, bidirectional, backward)
 
     def loss(params, x, lengths, weights):
         outputs, final = layer.apply(params, x, lengths=lengths)
@@ -432,12 +455,12 @@ def _layer_value_and_grad(name, num_layers, bidirectional, fused):
 @_PATHS
 @_PER_PATH
 @given(num_layers=st.sampled_from([1, 2]), bad=_BAD_VALUES, seed=_SEEDS, data=st.data())
-def test_property_nan_or_inf_in_padding_reaches_no_output_or_gradient(bidirectional, fused, num_layers, bad, seed,
-                                                                      data):
+def test_property_nan_or_inf_in_padding_reaches_no_output_or_gradient(bidirectional, backward, num_layers, bad,
+                                                                      seed, data):
     """NaN or Inf at random padded entries of x: outputs, final state, every parameter's gradient
     and the input gradient equal a clean run's (so all finite), and padded inputs get exactly zero."""
     batch, steps = 3, 5
-    layer, value_and_grad = _layer_value_and_grad(_draw_cell(data, fused), num_layers, bidirectional, fused)
+    layer, value_and_grad = _layer_value_and_grad(_draw_cell(data, backward), num_layers, bidirectional, backward)
     params = layer.init(jax.random.key(seed % 3), E)
     lengths = draw_lengths(data, batch, steps, padded_row=True)
     clean = randn(seed, (batch, steps, E))
@@ -459,13 +482,14 @@ def test_property_nan_or_inf_in_padding_reaches_no_output_or_gradient(bidirectio
 # ----------------------------------------------------------------------------- remat
 
 
+@pytest.mark.parametrize("backward", ["jvp", "autodiff"])                 # the paths that take remat
 @pytest.mark.parametrize("K", [1, 4, 7, 23, 40])
-def test_remat_gives_the_same_values_and_gradients(K):
+def test_remat_gives_the_same_values_and_gradients(K, backward):
     """Segments of K steps under jax.checkpoint (K dividing T or not, K >= T) change nothing."""
     x = randn(11, (3, 23, 4))
     lengths = jnp.array([23, 7, 15])
-    plain = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True)
-    remat = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True, remat=K)
+    plain = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True, backward="autodiff")
+    remat = recurrent.layer(cells.lstm(6), num_layers=2, bidirectional=True, remat=K, backward=backward)
     params = plain.init(jax.random.key(0), 4)
 
     def loss(layer):
@@ -473,26 +497,29 @@ def test_remat_gives_the_same_values_and_gradients(K):
             ys, final = layer.apply(p, x, lengths=lengths)
             return jnp.sum(ys ** 2) + sum(jnp.sum(a ** 2) for a in jax.tree.leaves(final))
         return jax.value_and_grad(f, argnums=(0, 1))
-    (v0, g0), (v1, g1) = loss(plain)(params, x), loss(remat)(params, x)
+    (v0, g0), (v1, g1) = jax.jit(lambda p, x: (loss(plain)(p, x), loss(remat)(p, x)))(params, x)
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
     chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-6)
 
 
-def test_remat_bounds_gradient_memory():
+@pytest.mark.parametrize("backward", ["jvp", "autodiff"])
+def test_remat_bounds_gradient_memory(backward):
     """XLA's own accounting of the compiled gradient: O(T/K + K) states instead of O(T)."""
     T, B, E, H = 4096, 8, 16, 32
     x = jax.ShapeDtypeStruct((B, T, E), jnp.float32)
 
     def temp_bytes(remat):
-        layer = recurrent.layer(cells.lstm(H), remat=remat)
+        layer = recurrent.layer(cells.lstm(H), remat=remat, backward=backward)
         p = jax.eval_shape(lambda: layer.init(jax.random.key(0), E))
         f = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x)[0] ** 2)))
         return f.lower(p, x).compile().memory_analysis().temp_size_in_bytes
     assert temp_bytes(64) < 0.35 * temp_bytes(None)
 
 
-def test_remat_is_refused_with_the_fused_backward_and_checked():
+def test_remat_is_refused_with_the_vjp_backward_and_checked():
     with pytest.raises(ValueError, match="remat and fused_backward=True cannot be combined"):
         recurrent.layer(cells.lstm(4), remat=8, fused_backward=True)
+    with pytest.raises(ValueError, match="remat and backward='vjp' cannot be combined"):
+        recurrent.layer(cells.lstm(4), remat=8, backward="vjp")
     with pytest.raises(ValueError, match="remat must be >= 1"):
         recurrent.layer(cells.lstm(4), remat=0)
