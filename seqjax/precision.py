@@ -71,7 +71,7 @@ gradients below 6.1e-5 unless the loss is scaled, and seqjax does not scale loss
 Where a policy goes: ``recurrent.layer(..., precision=...)``,
 ``attention.multi_head_attention(..., precision=...)``, the Transformer stacks and
 models (``transformer.encoder``, ``decoder``, ``encoder_decoder``, ``transformer``,
-``decoder_only``), the models of :mod:`seqjax.models`, and
+``decoder_only``), the models of :mod:`seqjax.models`, the RNN ``seq2seq.seq2seq``, and
 ``train.trainer(..., precision=...)``. A component given a policy casts its params and
 floating inputs to the compute dtype on entry (autodiff carries the gradient back to
 the stored dtype) and its outputs to the output dtype on exit; ``init`` makes params in

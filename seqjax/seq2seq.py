@@ -60,6 +60,7 @@ import jax.numpy as jnp
 from seqjax import attention as attn
 from seqjax import cells, checks, layers, recurrent
 from seqjax.types import Array, DType, Params, PRNGKey
+from seqjax.precision import Policy, wrap
 
 __all__ = ["ATTENTION", "Seq2SeqConfig", "Seq2Seq", "Seq2SeqState", "seq2seq"]
 
@@ -239,13 +240,21 @@ def _decoder_step(cfg: Seq2SeqConfig) -> Callable:
     return step
 
 
-def seq2seq(cfg: Seq2SeqConfig) -> Seq2Seq:
-    """An RNN encoder-decoder with optional attention; see :class:`Seq2Seq`."""
+def seq2seq(cfg: Seq2SeqConfig, *, precision: Policy | str | None = None) -> Seq2Seq:
+    """An RNN encoder-decoder with optional attention; see :class:`Seq2Seq`.
+
+    ``precision``: None, or a mixed-precision policy (:mod:`seqjax.precision`): ``init`` makes
+    params in its param dtype; ``apply``, ``encode``, ``start`` and ``decode_step`` cast the
+    params to its compute dtype, the encoder and decoder carries stay in at least float32 (as
+    in ``recurrent.layer(precision=...)``), the memory and the attention run in the compute
+    dtype (softmax in float32), and logits and attention weights come out in its output dtype.
+    """
     if not isinstance(cfg, Seq2SeqConfig):
         raise TypeError(f"cfg must be a Seq2SeqConfig, got {type(cfg).__name__}")
+    precision = checks.check_precision(precision)
     cell = cfg.make_cell()
     enc = recurrent.layer(cell, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
-                          dropout=cfg.dropout)
+                          dropout=cfg.dropout, precision=precision)
     score = _score(cfg)
     E, H, M, L = cfg.embed_size, cfg.hidden_size, cfg.memory_size, cfg.num_layers
     ND = 2 if cfg.bidirectional else 1
@@ -299,12 +308,16 @@ def seq2seq(cfg: Seq2SeqConfig) -> Seq2Seq:
                            layers.sub_key(dropout_key, 0))                    # (B, T, E)
         memory, final = enc.apply(params["encoder"], x, lengths=lengths,
                                   dropout_key=layers.sub_key(dropout_key, 1))  # (B, T, M)
+        if precision is not None:                  # the memory feeds compute-dtype matmuls
+            memory = precision.cast_to_compute(memory)
         mask = (jnp.ones((B, T), bool) if lengths is None
                 else jnp.arange(T)[None, :] < lengths[:, None])               # (B, T)
         keys = (score.project_keys(params["attention"], memory) if cfg.attention == "additive"
                 else jnp.zeros((B, 0), memory.dtype))
         dtype = memory.dtype
-        return Seq2SeqState(_bridge(params, final), jnp.zeros((B, H), dtype),
+        carries = _bridge(params, final)
+        feed_dtype = jax.tree.leaves(carries)[0].dtype       # the decoder's carry dtype (float32 under bf16)
+        return Seq2SeqState(carries, jnp.zeros((B, H), feed_dtype),
                             jnp.zeros((B,), jnp.int32), memory, keys, mask, jnp.zeros((B, T), dtype))
 
     def _keep(key, shape, dtype):
@@ -357,5 +370,12 @@ def seq2seq(cfg: Seq2SeqConfig) -> Seq2Seq:
             (tokens, jnp.zeros((B,), bool), None, None))
         return logits, state._replace(carries=carries, feed=feed, prev=prev, weights=weights)
 
+    if precision is not None:
+        make_params = init
+        init = lambda key, dtype=precision.param_dtype: precision.cast_to_param(make_params(key, dtype))  # noqa: E731
+        # the decode state (carries, memory) goes back in on the next call: passed through as made
+        encode = wrap(precision, encode, outputs="none")
+        apply = wrap(precision, apply)
+        start, decode_step = (wrap(precision, f, inputs=False, outputs="first") for f in (start, decode_step))
     return Seq2Seq(init, encode, apply, jax.jit(apply, static_argnames=("return_attention",)),
                    start, decode_step, cfg)

@@ -315,6 +315,36 @@ def test_models_take_the_policy(kind):
         assert logits.dtype == jnp.float32 and dtypes(state) == {F32}
 
 
+@pytest.mark.parametrize("attention_kind", ["none", "general", "additive"])
+def test_rnn_seq2seq_takes_the_policy(attention_kind):
+    from seqjax import seq2seq
+    cfg = seq2seq.Seq2SeqConfig(V, V, embed_size=8, hidden_size=16, bidirectional=True, cell="lstm",
+                                attention=attention_kind)
+    ref, mixed = seq2seq.seq2seq(cfg), seq2seq.seq2seq(cfg, precision=BF16)
+    params = ref.init(jax.random.key(0))
+    assert dtypes(mixed.init(jax.random.key(0))) == {F32}
+    src, tgt, y, n = randint(1, (4, 9), 3, V), randint(2, (4, 8), 3, V), randint(3, (4, 8), 3, V), jnp.array([9, 5, 9, 2])
+
+    def run(model):
+        def loss(p):
+            logits = model.apply(p, src, tgt, src_lengths=n)
+            return losses.cross_entropy(logits, y), logits
+        return jax.value_and_grad(loss, has_aux=True)(params)
+    (l32, lg32), g32 = run(ref)
+    (l16, lg16), g16 = run(mixed)
+    assert l16.dtype == lg16.dtype == jnp.float32 and dtypes(g16) == {F32}
+    assert rel_error(lg16, lg32) < precision.FORWARD_RTOL and rel_error(lg16, lg32) > 0
+    assert rel_error(g16, g32) < precision.GRADIENT_RTOL
+    # decoding: float32 logits, the decoder carries stay float32, the memory is bfloat16
+    logits, state = mixed.start(params, src, 6, sos_id=1, src_lengths=n)
+    assert logits.dtype == jnp.float32 and dtypes(state.carries) == {F32}
+    assert state.memory.dtype == jnp.bfloat16
+    out = decoding.greedy_decode(mixed, params, src, max_len=6, sos_id=1, eos_id=2, src_lengths=n)
+    assert jax.tree.leaves(out)[0].shape[0] == 4
+    with pytest.raises(ValueError, match="precision"):
+        seq2seq.seq2seq(cfg, precision="float16")
+
+
 # ----------------------------------------------------------------------------- training
 
 
