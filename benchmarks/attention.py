@@ -12,9 +12,10 @@ PyTorch for the same workload (PyTorch = 1.00x). Run::
 Peers, as a user of each library would write them:
 
 - seqjax: ``attention.multi_head_attention(N, D)`` (on CPU its default is
-  ``implementation="vjp"``, the written-out head-major path with a hand-written backward
-  pass; further rows force ``"jvp"`` (its custom-JVP form), ``"reference"`` (autodiff of
-  the written-out path) and ``"xla"`` (``jax.nn.dot_product_attention``)) and
+  ``implementation="jvp"``, the written-out head-major path with a hand-written derivative
+  whose transpose is flash attention's backward pass; further rows force ``"vjp"`` (that
+  backward as a custom VJP), ``"reference"`` (autodiff of the written-out path) and
+  ``"xla"`` (``jax.nn.dot_product_attention``)) and
   ``transformer.encoder_layer(StackConfig(...))``; ``jax.jit(jax.grad(loss))``.
 - Flax linen: ``nn.MultiHeadDotProductAttention``; the encoder layer is the usual
   linen composition (attention, Dense, LayerNorm; Post-LN, ReLU), as in the Flax examples.
@@ -183,7 +184,7 @@ def build_candidates(workloads, batch: int, time: int, model: int, heads: int, f
     out: list[Candidate] = []
     if "mha" in workloads:
         out += [("mha", "seqjax", seqjax_mha(x, heads, k_p)),
-                ("mha", "seqjax jvp (custom_jvp, forward mode works)", seqjax_mha(x, heads, k_p, "jvp")),
+                ("mha", "seqjax vjp (custom_vjp, reverse mode only)", seqjax_mha(x, heads, k_p, "vjp")),
                 ("mha", "seqjax reference (autodiff)", seqjax_mha(x, heads, k_p, "reference")),
                 ("mha", "seqjax via jax.nn.dot_product_attention", seqjax_mha(x, heads, k_p, "xla")),
                 ("mha", "Flax", flax_mha(x, heads, k_p)),

@@ -17,21 +17,25 @@ Paths that compute :func:`scaled_dot_product_attention` (its ``implementation``)
   argument is passed through, so ``"cudnn"`` runs flash attention on GPU);
 * ``"reference"``: the maths written out below with heads moved in front of time,
   differentiated by JAX's autodiff; it can return the weights and apply dropout to them;
-* ``"vjp"``: the reference forward pass with a hand-written backward pass
-  (``jax.custom_vjp``): flash attention's backward kept dense, every matmul laid out for
-  XLA:CPU (:func:`_attention_vjp`). Reverse mode only;
-* ``"jvp"``: the same forward with a ``jax.custom_jvp`` whose transpose is that
-  backward pass but for one transposed matmul (dK); forward mode (``jax.jvp``,
-  ``jax.jacfwd``, ``jax.hessian``) works.
+* ``"jvp"``: the reference forward pass with a hand-written derivative, a
+  ``jax.custom_jvp`` whose transpose (reverse mode) is flash attention's backward pass
+  kept dense, every matmul but one laid out for XLA:CPU (:func:`_attention_jvp`); forward
+  mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) works;
+* ``"vjp"``: the same backward pass written as a ``jax.custom_vjp``, with the one
+  remaining transposed matmul (dK) laid out as well (:func:`_attention_vjp`); reverse
+  mode only.
 
-``implementation=None`` (the default) takes the fast path on GPU/TPU and ``"vjp"`` on
-CPU, where it ran forward + backward of multi-head self-attention (B=16, T=256, D=256, 8
-heads) in about 0.8x the time of the reference path, which itself ran about 0.8x the time
-of ``jax.nn.dot_product_attention`` (``benchmarks/attention.py``;
-``benchmarks/results/attention_experiments.md``). Returning weights and attention dropout
-always use the reference path; float64 (whose softmax ``jax.nn.dot_product_attention``
-rounds to float32) never takes the fast path. The tests check every path against the
-reference and its derivatives against autodiff's.
+``implementation=None`` (the default) takes the fast path on GPU/TPU and ``"jvp"`` on
+CPU. Forward + backward of multi-head self-attention (B=16, T=256, D=256, 8 heads) on
+XLA:CPU: ``"jvp"`` 0.83-0.89x the time of ``"reference"``, ``"vjp"`` 1-6% faster than
+``"jvp"`` (1% on the quietest run), ``"reference"`` about 0.85x
+``jax.nn.dot_product_attention`` (``benchmarks/attention.py``,
+``benchmarks/results/attention_experiments.md``); ``"jvp"`` is the default because it
+keeps forward mode working, as the recurrent layers' default does
+(:data:`seqjax.recurrent.BACKWARDS`). Returning weights and attention dropout always use
+the reference path; float64 (whose softmax ``jax.nn.dot_product_attention`` rounds to
+float32) never takes the fast path. The tests check every path against the reference
+and its derivatives against autodiff's.
 
 Multi-head attention (Vaswani et al. 2017, "Attention is all you need", §3.2.2):
 
@@ -76,7 +80,7 @@ __all__ = [
 #: possible, "reference" forces the written-out path differentiated by autodiff, "vjp"/"jvp"
 #: the written-out forward with a hand-written derivative, None picks by backend (module docstring).
 IMPLEMENTATIONS = (None, "xla", "cudnn", "reference", "vjp", "jvp")
-_CPU_DEFAULT = "vjp"        # what implementation=None means on CPU
+_CPU_DEFAULT = "jvp"        # what implementation=None means on CPU
 
 
 # ----------------------------------------------------------------------------- masks
@@ -275,9 +279,9 @@ def _attention_jvp(q, k, v, bias, mask, scale):
     backward pass of :func:`_attention_vjp`: the ``O ⊙ r`` term becomes ``δ =
     rowsum(dO ⊙ O)``, and ``W dV`` is written as ``(dV^T W^T)^T`` so its transpose is
     ``(dO^T W)^T``. Only dK keeps a transposed left operand (JAX's transpose of a
-    ``dot_general`` puts the cotangent dS first), which measured about 5% slower than
-    ``"vjp"`` on multi-head self-attention; in exchange forward mode and
-    ``jax.hessian`` work.
+    ``dot_general`` puts the cotangent dS first, contracted on its query axis): multi-head
+    self-attention measured 1-6% slower than with ``"vjp"``; in exchange forward mode and
+    ``jax.hessian`` work. The CPU default.
     """
     return _heads_forward(q, k, v, bias, mask, scale)[0]
 
@@ -338,11 +342,11 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | 
         ``dropout_key`` is given (so the default is deterministic).
       dropout_key: PRNG key for dropout.
       return_weights: also return the (undropped) weights (B, N, Tq, Tk).
-      implementation: None (the fast path on GPU/TPU, ``"vjp"`` on CPU), ``"xla"`` or
+      implementation: None (the fast path on GPU/TPU, ``"jvp"`` on CPU), ``"xla"`` or
         ``"cudnn"`` (``jax.nn.dot_product_attention``, passed through), ``"reference"``
-        (autodiff of the written-out maths), ``"vjp"`` (its hand-written backward pass;
-        reverse mode only) or ``"jvp"`` (a custom JVP; forward mode works). See the
-        module docstring.
+        (autodiff of the written-out maths), ``"jvp"`` (a custom JVP whose transpose is
+        flash attention's backward; forward mode works) or ``"vjp"`` (that backward as a
+        custom VJP; reverse mode only). See the module docstring.
       scale: logit scale, default ``1/sqrt(K)``.
 
     Returns:

@@ -1,5 +1,5 @@
-"""seqjax.attention's hand-written derivatives (``implementation="vjp"``, the CPU default, and
-``"jvp"``): the same outputs as the reference path and the derivatives of JAX's autodiff of it,
+"""seqjax.attention's hand-written derivatives (``implementation="jvp"``, the CPU default, and
+``"vjp"``): the same outputs as the reference path and the derivatives of JAX's autodiff of it,
 in float64, for every mask and bias form; forward mode and second derivatives where promised."""
 
 import jax
@@ -109,29 +109,43 @@ def test_vjp_path_reverse_over_reverse_and_no_forward_mode(x64):
         jax.jvp(lambda q: sdpa(q, k, v, implementation="vjp"), (q,), (q,))
 
 
-def test_cpu_default_is_the_vjp_path_and_weights_or_dropout_take_the_reference():
-    """On CPU, implementation=None runs the hand-written VJP; return_weights and dropout, which it
+def test_cpu_default_is_the_jvp_path_and_weights_or_dropout_take_the_reference():
+    """On CPU, implementation=None runs the custom-JVP path; return_weights and dropout, which it
     does not cover, fall back to the reference path (same values either way)."""
     if jax.default_backend() != "cpu":
         pytest.skip("the CPU default")
     q, k, v = _inputs(jnp.float32)
-    jaxpr = str(jax.make_jaxpr(lambda q: A.scaled_dot_product_attention(q, k, v))(q))
-    assert "custom_vjp" in jaxpr
-    out, w = A.scaled_dot_product_attention(q, k, v, return_weights=True)
-    assert "custom_vjp" not in str(jax.make_jaxpr(
-        lambda q: A.scaled_dot_product_attention(q, k, v, return_weights=True))(q))
+
+    def jaxpr(**kwargs):
+        return str(jax.make_jaxpr(lambda q: A.scaled_dot_product_attention(q, k, v, **kwargs))(q))
+    assert "custom_jvp_call" in jaxpr()
+    assert "custom_jvp_call" not in jaxpr(return_weights=True)
+    assert "custom_jvp_call" not in jaxpr(dropout_rate=0.5, dropout_key=jax.random.key(0))
+    assert "custom_vjp_call" in jaxpr(implementation="vjp")
+    out, _ = A.scaled_dot_product_attention(q, k, v, return_weights=True)
     np.testing.assert_allclose(out, A.scaled_dot_product_attention(q, k, v), rtol=1e-6, atol=1e-7)
-    key = jax.random.key(0)
-    assert "custom_vjp" not in str(jax.make_jaxpr(lambda q: A.scaled_dot_product_attention(
-        q, k, v, dropout_rate=0.5, dropout_key=key))(q))
 
 
 def test_mha_default_gradients_equal_the_reference_path(x64):
     x = randn(0, (B, TK, 8), jnp.float64)
     mask = A.padding_mask(jnp.array([TK, 3]), TK)
     grads = {}
-    for impl in ("vjp", "reference"):
+    for impl in (None, "vjp", "reference"):
         mha = A.multi_head_attention(2, 8, implementation=impl)
         params = mha.init(jax.random.key(1), 8, dtype=jnp.float64)
         grads[impl] = jax.grad(lambda p: jnp.sum(mha.apply(p, x, mask=mask) ** 2))(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), grads["vjp"], grads["reference"])
+    for impl in (None, "vjp"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), grads[impl],
+                     grads["reference"])
+
+
+def test_forward_mode_through_the_default_mha(x64):
+    """The default (custom-JVP on CPU) keeps jax.jvp working through multi-head attention."""
+    x, dx = randn(0, (B, TK, 8), jnp.float64), randn(1, (B, TK, 8), jnp.float64)
+    outs = {}
+    for impl in (None, "reference"):
+        mha = A.multi_head_attention(2, 8, implementation=impl)
+        params = mha.init(jax.random.key(1), 8, dtype=jnp.float64)
+        outs[impl] = jax.jvp(lambda x: mha.apply(params, x, is_causal=True), (x,), (dx,))
+    for a, b in zip(outs[None], outs["reference"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
