@@ -27,7 +27,7 @@ Paths that compute :func:`scaled_dot_product_attention` (its ``implementation``)
 
 ``implementation=None`` (the default) takes the fast path on GPU/TPU and ``"jvp"`` on
 CPU. Forward + backward of multi-head self-attention (B=16, T=256, D=256, 8 heads) on
-XLA:CPU: ``"jvp"`` 0.83-0.89x the time of ``"reference"``, ``"vjp"`` 1-6% faster than
+XLA:CPU: ``"jvp"`` 0.83-0.91x the time of ``"reference"``, ``"vjp"`` 1-6% faster than
 ``"jvp"`` (1% on the quietest run), ``"reference"`` about 0.85x
 ``jax.nn.dot_product_attention`` (``benchmarks/attention.py``,
 ``benchmarks/results/attention_experiments.md``); ``"jvp"`` is the default because it

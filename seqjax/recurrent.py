@@ -186,7 +186,7 @@ def _scan(step, params, carry, xs_tm, lengths, reverse, unroll, remat):
     primal work in the body to split off: written per step, the zeroing of the known
     inputs and the (B, H) mask broadcasts became a separate loop over time that stacked
     them, one more loop per (layer, direction) than without lengths (measured: the
-    2-layer bidirectional LSTM with lengths ran 0.83-0.88x the time of the per-step form,
+    2-layer bidirectional LSTM with lengths ran 0.83-0.95x the time of the per-step form,
     ``benchmarks/results/attention_experiments.md``).
 
     With ``remat=K`` (< T) time runs as an outer scan over ceil(T/K) segments, each an
