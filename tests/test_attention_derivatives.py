@@ -113,7 +113,7 @@ def test_cpu_default_is_the_jvp_path_and_weights_or_dropout_take_the_reference()
     """On CPU, implementation=None runs the custom-JVP path; return_weights and dropout, which it
     does not cover, fall back to the reference path (same values either way)."""
     if jax.default_backend() != "cpu":
-        pytest.skip("the CPU default")
+        pytest.skip("checks what implementation=None means on CPU; on GPU/TPU it means jax.nn.dot_product_attention, tested in test_attention.py")
     q, k, v = _inputs(jnp.float32)
 
     def jaxpr(**kwargs):
