@@ -41,6 +41,7 @@ figures: reproduce $(TEST_STAMP)
 	for e in $(FIGURES); do $(PY) experiments/$$e.py && cp results/$$e/$$e.png docs/figures/ \
 		&& { test ! -f results/$$e/summary.json || cp results/$$e/summary.json docs/figures/$$e.json; } || exit 1; done
 	cp results/layernorm_placement/layernorm_depth.png docs/figures/
+	cp results/scaling/scaling.csv docs/figures/scaling.csv && cp results/scaling/config.json docs/figures/scaling_config.json
 	$(PY) experiments/attention_maps.py --no-progress \
 		&& cp results/attention_maps/attention_maps.png results/attention_maps/transformer_attention_maps.png docs/figures/
 	$(PY) experiments/transformer_copy.py --no-progress && cp results/transformer_copy/loss_curve.png docs/figures/transformer_copy_loss.png

@@ -27,9 +27,10 @@ Paths that compute :func:`scaled_dot_product_attention` (its ``implementation``)
 
 ``implementation=None`` (the default) takes the fast path on GPU/TPU and ``"jvp"`` on
 CPU. Forward + backward of multi-head self-attention (B=16, T=256, D=256, 8 heads) on
-XLA:CPU: ``"jvp"`` 0.83-0.91x the time of ``"reference"``, ``"vjp"`` 1-6% faster than
-``"jvp"`` (1% on the quietest run), ``"reference"`` about 0.85x
-``jax.nn.dot_product_attention`` (``benchmarks/attention.py``,
+XLA:CPU: ``"jvp"`` 0.83-0.91x the time of ``"reference"``, ``"vjp"`` within 6% of
+``"jvp"`` (1-6% faster on the shared machine, 5% slower in the quiet ``make bench`` of
+2026-12-01), ``"reference"`` about 0.85-0.88x ``jax.nn.dot_product_attention``
+(``benchmarks/attention.py``,
 ``benchmarks/results/attention_experiments.md``); ``"jvp"`` is the default because it
 keeps forward mode working, as the recurrent layers' default does
 (:data:`seqjax.recurrent.BACKWARDS`). Returning weights and attention dropout always use

@@ -36,7 +36,7 @@ adds a given (B, T, H) perturbation to every (layer, direction, step) carry
 this module's own layer x direction loop instead of a copy of it.
 
 Measured layout choice: ``x_t @ W_ih`` is computed inside each step: on XLA:CPU
-hoisting it out of the scan measured 1.6-1.9x slower for LSTM/GRU forward+backward
+hoisting it out of the scan measured 1.2-1.9x slower for LSTM/GRU forward+backward (two runs)
 at B=32, T=128, I=128, H=256 (``benchmarks/results/input_projection.md``), and still
 slower inside the ``"jvp"`` path (``benchmarks/results/fast_path.md``: the hoisted
 product writes a fresh (T*B, G*H) array and a separate bias pass, where the in-step

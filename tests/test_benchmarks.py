@@ -119,6 +119,19 @@ def test_scaling_experiment_quick_writes_data_config_and_figure(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert set(config["lengths"]) == {16, 32, 64} and "crossover_T_time" in config
+    assert isinstance(config["transformer_costlier_throughout_time"], bool)
+
+
+def test_scaling_crossover_is_a_switch_not_the_smallest_length():
+    scaling = load_script("experiments", "scaling")
+    rows = lambda lstm, tfm: [{"model": m, "T": T, "s": v} for m, vs in (("lstm", lstm), ("transformer", tfm))  # noqa: E731
+                              for T, v in zip((64, 128, 256), vs)]
+    switch = rows([2.0, 3.0, 4.0], [1.0, 3.0, 9.0])          # cheaper, equal, then costlier at T=256
+    assert scaling.crossover(switch, "s") == 256 and not scaling.costlier_throughout(switch, "s")
+    always = rows([1.0, 2.0, 3.0], [2.0, 4.0, 8.0])          # costlier from the smallest T: no crossover
+    assert scaling.crossover(always, "s") is None and scaling.costlier_throughout(always, "s")
+    never = rows([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    assert scaling.crossover(never, "s") is None and not scaling.costlier_throughout(never, "s")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
