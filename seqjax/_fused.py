@@ -122,6 +122,12 @@ def _time_major_zero_padded(xs: Array, lengths: Array | None, time_major: bool) 
     return jnp.where(valid[..., None], x_tm, jnp.zeros_like(x_tm))
 
 
+def _unroll_time_major(step: Callable, params, carry0: Carry, x, lengths: Array | None, *,
+                       reverse: bool):
+    """The one loop of both rules: :func:`seqjax.recurrent.unroll` over time-major ``x`` (T, B, ...)."""
+    return recurrent.unroll(step, params, carry0, x, lengths=lengths, reverse=reverse, time_major=True)
+
+
 # The scan bodies depend on the cell only (arrays arrive through unroll's params
 # argument), and are cached per cell, so recurrent.unroll's jit reuses one compilation.
 
@@ -187,8 +193,7 @@ def _make_jvp(cell: Cell, reverse: bool) -> Callable:
 
     x_tm (T, B, E), ys_tm (T, B, H); lengths (B,) ints or None (no masks at all).
     """
-    def scan(step, params, carry0, x, lengths):
-        return recurrent.unroll(step, params, carry0, x, lengths=lengths, reverse=reverse, time_major=True)
+    scan = functools.partial(_unroll_time_major, reverse=reverse)
 
     @jax.custom_jvp
     def run(params, carry0, x, lengths):
@@ -299,8 +304,7 @@ def _make_vjp(cell: Cell, reverse: bool) -> Callable:
 
     x_tm (T, B, E), ys_tm (T, B, H); lengths (B,) ints or None (no masks at all).
     """
-    def scan(step, params, carry0, x, lengths):
-        return recurrent.unroll(step, params, carry0, x, lengths=lengths, reverse=reverse, time_major=True)
+    scan = functools.partial(_unroll_time_major, reverse=reverse)
 
     @jax.custom_vjp
     def run(params, carry0, x, lengths):
@@ -313,8 +317,8 @@ def _make_vjp(cell: Cell, reverse: bool) -> Callable:
     def run_bwd(residuals, cotangents):
         params, x, lengths, res, carries = residuals
         dfinal, dys = cotangents
-        dcarry0, (dxp, dhp) = recurrent.unroll(_backward_step(cell), params, dfinal, (res, carries, dys),
-                                               lengths=lengths, reverse=not reverse, time_major=True)
+        dcarry0, (dxp, dhp) = _unroll_time_major(_backward_step(cell), params, dfinal, (res, carries, dys),
+                                                 lengths, reverse=not reverse)
         dhp = dxp if dhp is None else dhp
         # every weight gradient and dx: one matmul over all T*B rows, as the vjps of the projections
         x_rows, h_rows = _rows(x), _rows(cell.output(carries))

@@ -30,6 +30,15 @@ def dtypes(tree) -> set:
     return {jnp.dtype(a.dtype) for a in jax.tree.leaves(tree)}
 
 
+def loss_logits_and_grads(model, params, src, tgt, y, src_lengths):
+    """``((loss, logits), grads)`` of the cross-entropy of a seq2seq ``model.apply(params, src, tgt)``
+    against ``y``, jitted (one compilation instead of one per primitive)."""
+    def loss(p):
+        logits = model.apply(p, src, tgt, src_lengths=src_lengths)
+        return losses.cross_entropy(logits, y), logits
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
 # ----------------------------------------------------------------------------- the policy
 
 
@@ -105,7 +114,7 @@ def _layer_loss(layer, x):
     def loss(params):
         ys, final = layer.apply(params, x, lengths=LENGTHS)
         return jnp.sum(ys ** 2) / B, (ys, final)
-    return jax.value_and_grad(loss, has_aux=True)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
 @pytest.mark.parametrize("name", cells.CELL_NAMES)
@@ -248,13 +257,8 @@ def test_transformer_bfloat16_within_tolerance_loss_float32(norm_first):
     params = ref.init(jax.random.key(0))
     assert dtypes(mixed.init(jax.random.key(0))) == {F32}
 
-    def run(model):
-        def loss(p):
-            logits = model.apply(p, src, tgt, src_lengths=n)
-            return losses.cross_entropy(logits, y), logits
-        return jax.value_and_grad(loss, has_aux=True)(params)
-    (l32, lg32), g32 = run(ref)
-    (l16, lg16), g16 = run(mixed)
+    (l32, lg32), g32 = loss_logits_and_grads(ref, params, src, tgt, y, n)
+    (l16, lg16), g16 = loss_logits_and_grads(mixed, params, src, tgt, y, n)
     assert l16.dtype == lg16.dtype == jnp.float32 and dtypes(g16) == {F32}
     assert rel_error(lg16, lg32) < precision.FORWARD_RTOL
     assert rel_error(g16, g32) < precision.GRADIENT_RTOL
@@ -270,9 +274,10 @@ def test_decoder_only_and_stacks_bfloat16():
     ref, mixed = T.decoder_only(lm_cfg), T.decoder_only(lm_cfg, precision=BF16)
     params = ref.init(jax.random.key(0))
     tokens = randint(4, (3, 10), 0, V)
-    grad = lambda m: jax.grad(lambda p: losses.cross_entropy(m.apply(p, tokens[:, :-1]), tokens[:, 1:]))(params)  # noqa: E731
-    assert mixed.apply(params, tokens).dtype == jnp.float32
-    assert rel_error(mixed.apply(params, tokens), ref.apply(params, tokens)) < precision.FORWARD_RTOL
+    grad = lambda m: jax.jit(jax.grad(lambda p: losses.cross_entropy(m.apply(p, tokens[:, :-1]), tokens[:, 1:])))(params)  # noqa: E731,E501
+    out16 = jax.jit(mixed.apply)(params, tokens)
+    assert out16.dtype == jnp.float32
+    assert rel_error(out16, jax.jit(ref.apply)(params, tokens)) < precision.FORWARD_RTOL
     assert rel_error(grad(mixed), grad(ref)) < precision.GRADIENT_RTOL
     logits, state = mixed.start(params, tokens[:, :4], 3)
     assert logits.dtype == jnp.float32 and state.caches[0].key.dtype == jnp.bfloat16
@@ -280,9 +285,10 @@ def test_decoder_only_and_stacks_bfloat16():
     ed, ed16 = T.encoder_decoder(scfg, scfg), T.encoder_decoder(scfg, scfg, precision=BF16)
     p = ed.init(jax.random.key(1))
     src, tgt = randn(5, (2, 7, 16)), randn(6, (2, 5, 16))
-    out = ed16.apply(p, src, tgt, tgt_mask=attention.causal_mask(5))
+    apply = lambda m: jax.jit(lambda p: m.apply(p, src, tgt, tgt_mask=attention.causal_mask(5)))(p)  # noqa: E731
+    out = apply(ed16)
     assert out.dtype == jnp.float32
-    assert rel_error(out, ed.apply(p, src, tgt, tgt_mask=attention.causal_mask(5))) < precision.FORWARD_RTOL
+    assert rel_error(out, apply(ed)) < precision.FORWARD_RTOL
 
 
 @pytest.mark.parametrize("kind", ["sequence", "transformer_sequence", "recurrent_lm", "conditioned"])
@@ -325,13 +331,8 @@ def test_rnn_seq2seq_takes_the_policy(attention_kind):
     assert dtypes(mixed.init(jax.random.key(0))) == {F32}
     src, tgt, y, n = randint(1, (4, 9), 3, V), randint(2, (4, 8), 3, V), randint(3, (4, 8), 3, V), jnp.array([9, 5, 9, 2])
 
-    def run(model):
-        def loss(p):
-            logits = model.apply(p, src, tgt, src_lengths=n)
-            return losses.cross_entropy(logits, y), logits
-        return jax.value_and_grad(loss, has_aux=True)(params)
-    (l32, lg32), g32 = run(ref)
-    (l16, lg16), g16 = run(mixed)
+    (l32, lg32), g32 = loss_logits_and_grads(ref, params, src, tgt, y, n)
+    (l16, lg16), g16 = loss_logits_and_grads(mixed, params, src, tgt, y, n)
     assert l16.dtype == lg16.dtype == jnp.float32 and dtypes(g16) == {F32}
     assert rel_error(lg16, lg32) < precision.FORWARD_RTOL and rel_error(lg16, lg32) > 0
     assert rel_error(g16, g32) < precision.GRADIENT_RTOL
