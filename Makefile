@@ -57,7 +57,7 @@ papers: $(TEST_STAMP)
 	cp results/papers/papers.json docs/figures/papers.json
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 --durations=15 -q
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 -q
 
 # Runs every benchmark script, each in its own process, into benchmarks/results/<name>.{json,md}
 # (medians, per-round times, achieved FLOP/s against the measured matmul peak, compile times, the

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_script
+from conftest import QUICK_RUNS, load_script
 
 
 def _load(name):
@@ -23,10 +23,11 @@ def _replot_from_saved(module, out: pathlib.Path, tmp_path: pathlib.Path, data_f
     assert (fresh / figure).stat().st_size > 10_000
 
 
+# the quick headline's architectures, one run shared with test_papers.py and the bfloat16 test below
+GRADIENT_NORMS_ARCHS = ["rnn_tanh", "rnn_relu", "lstm_fb1", "transformer_pre_ln", "orthogonal"]
 EXPERIMENTS = {
     # name: (extra argv, data files, figure)
-    "gradient_norms": (["--archs", "rnn_tanh,lstm_fb1,transformer_pre_ln"],
-                       ["gradient_norms.npz"], "gradient_norms.png"),
+    "gradient_norms": (["--archs", ",".join(GRADIENT_NORMS_ARCHS)], ["gradient_norms.npz"], "gradient_norms.png"),
     "spectral_sweep": ([], ["spectral_sweep.npz"], "spectral_sweep.png"),
     "clipping": (["--steps", "7"], ["clipping.npz"], "clipping.png"),      # a flag --quick must not override
     "layernorm_placement": ([], ["layernorm_placement.npz"], "layernorm_placement.png"),
@@ -34,25 +35,21 @@ EXPERIMENTS = {
 
 
 @pytest.mark.slow
+@QUICK_RUNS
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path):
+def test_quick_run_writes_figure_data_config_and_replots(name, tmp_path, quick_run):
     module = _load(name)
-    docs = {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")}
     argv, data_files, figure = EXPERIMENTS[name]
-    out = tmp_path / "out"
-    module.main(["--quick", "--out", str(out), *argv])
+    out = quick_run(name, *argv)             # checks that nothing outside out (docs/figures) was written
     for f in ("config.json", *data_files, figure):
         assert (out / f).stat().st_size > 0, f
-    # experiments write only to --out: `make figures` alone refreshes docs/figures
-    assert {p.name: p.read_bytes() for p in (ROOT / "docs" / "figures").glob("*.png")} == docs
     if name == "clipping":
         assert json.loads((out / "config.json").read_text())["steps"] == 7
     assert list(out.glob("*.csv")), "a CSV of the data is written too"
-    assert not list(out.glob(".*.tmp")), "no temporary files left behind"
     cfg = module.io.load_json(out / "config.json")
     data = np.load(out / data_files[0])
     if name == "gradient_norms":
-        assert cfg["archs"] == ["rnn_tanh", "lstm_fb1", "transformer_pre_ln"]
+        assert cfg["archs"] == GRADIENT_NORMS_ARCHS
         for arch in cfg["archs"]:
             for phase in ("init", "trained"):
                 runs = data[f"{arch}/{phase}"]
@@ -85,22 +82,23 @@ def test_unwritable_output_is_rejected_before_compute(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_gradient_norms_bfloat16_quick_run_has_its_own_directory_and_follows_float32(tmp_path, monkeypatch):
+@QUICK_RUNS
+def test_gradient_norms_bfloat16_quick_run_has_its_own_directory_and_follows_float32(tmp_path, monkeypatch,
+                                                                                       quick_run):
     """--dtype bfloat16 writes results/gradient_norms_bfloat16/ (never the float32 headline's directory),
     records its policy, and its curves follow float32's: every centre line within a factor
     exp(GRADIENT_RTOL) (the library's bfloat16 gradient tolerance) at every distance."""
     from seqjax import precision
     module = _load("gradient_norms")
     monkeypatch.setattr(module._common, "REPO", tmp_path)            # where the default --out points
-    archs = ["--archs", "rnn_relu,lstm_fb1,transformer_pre_ln"]
-    module.main(["--quick", *archs, "--out", str(tmp_path / "f32")])
-    out = module.main(["--quick", "--dtype", "bfloat16", *archs])
+    f32_out = quick_run("gradient_norms", *EXPERIMENTS["gradient_norms"][0])   # the same seeds for every arch
+    out = module.main(["--quick", "--dtype", "bfloat16", "--archs", "rnn_relu,lstm_fb1,transformer_pre_ln"])
     assert out == tmp_path / "results" / "gradient_norms_bfloat16" and not (tmp_path / "results" / "gradient_norms").exists()
     cfg, summary = module.io.load_json(out / "config.json"), module.io.load_json(out / "summary.json")
     assert cfg["dtype"] == summary["dtype"] == "bfloat16"
     assert summary["precision"] == "params=float32,compute=bfloat16,output=float32"
     assert (out / "reading.md").read_text().startswith("Precision policy bfloat16")
-    f32, bf16 = np.load(tmp_path / "f32" / "gradient_norms.npz"), np.load(out / "gradient_norms.npz")
+    f32, bf16 = np.load(f32_out / "gradient_norms.npz"), np.load(out / "gradient_norms.npz")
     for arch in cfg["archs"]:
         for phase in ("init", "trained"):
             a, b = f32[f"{arch}/{phase}"], bf16[f"{arch}/{phase}"]

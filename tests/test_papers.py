@@ -13,7 +13,8 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, load_script
+from conftest import QUICK_RUNS, ROOT, load_script
+from test_experiments_gradients import EXPERIMENTS
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs" / "figures"
@@ -61,19 +62,22 @@ def test_the_readme_block_numbers_come_from_one_run():
 
 
 @pytest.mark.slow
-def test_quick_runs_write_summary_and_reading_and_papers_builds_its_table(tmp_path):
-    """spectral_sweep and layernorm_placement at --quick sizes, then papers.py --skip-runs on their outputs:
+@QUICK_RUNS
+def test_quick_runs_write_summary_and_reading_and_papers_builds_its_table(tmp_path, quick_run):
+    """spectral_sweep, layernorm_placement and gradient_norms at --quick sizes (the runs
+    test_experiments_gradients.py checks too), then papers.py --skip-runs on their outputs:
     each reading.md is reading(summary.json), every claim has a row, unrun experiments say so."""
     out = tmp_path / "papers"
+    out.mkdir()
+    for name in ("spectral_sweep", "layernorm_placement", "gradient_norms"):
+        (out / name).symlink_to(quick_run(name, *EXPERIMENTS[name][0]), target_is_directory=True)
     for name in ("spectral_sweep", "layernorm_placement"):
         module = load_script("experiments", name)
-        module.main(["--quick", "--out", str(out / name)])
         summary = json.loads((out / name / "summary.json").read_text())
         assert (out / name / "reading.md").read_text() == module.reading(summary)
     assert (out / "layernorm_placement" / "layernorm_depth.png").stat().st_size > 10_000
     # the headline with the orthogonal RNN: its curve is flat at init (the far end within 2x of the near end)
     gn = load_script("experiments", "gradient_norms")
-    gn.main(["--quick", "--out", str(out / "gradient_norms"), "--archs", "rnn_tanh,orthogonal"])
     summary = json.loads((out / "gradient_norms" / "summary.json").read_text())
     assert (out / "gradient_norms" / "reading.md").read_text() == gn.reading(summary)
     assert summary["chance_batch"] > 0 and summary["eval_sequences"] == gn.QUICK["eval_batch_size"]
