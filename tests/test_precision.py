@@ -264,7 +264,7 @@ def test_transformer_bfloat16_within_tolerance_loss_float32(norm_first):
     assert rel_error(g16, g32) < precision.GRADIENT_RTOL
     assert abs(float(l16) - float(l32)) < precision.FORWARD_RTOL * float(l32)
     # decoding under the policy: bfloat16 caches, float32 logits
-    logits, state = mixed.start(params, src, 6, sos_id=1, src_lengths=n)
+    logits, state = jax.jit(lambda p: mixed.start(p, src, 6, sos_id=1, src_lengths=n))(params)
     assert logits.dtype == jnp.float32 and state.caches[0].key.dtype == jnp.bfloat16
     assert decoding.greedy_decode(mixed, params, src, max_len=6, sos_id=1, eos_id=2, src_lengths=n).shape[0] == 4
 
@@ -279,7 +279,7 @@ def test_decoder_only_and_stacks_bfloat16():
     assert out16.dtype == jnp.float32
     assert rel_error(out16, jax.jit(ref.apply)(params, tokens)) < precision.FORWARD_RTOL
     assert rel_error(grad(mixed), grad(ref)) < precision.GRADIENT_RTOL
-    logits, state = mixed.start(params, tokens[:, :4], 3)
+    logits, state = jax.jit(lambda p: mixed.start(p, tokens[:, :4], 3))(params)
     assert logits.dtype == jnp.float32 and state.caches[0].key.dtype == jnp.bfloat16
     scfg = T.StackConfig(model_size=16, num_heads=2, ff_size=32, num_layers=2, dropout=0.0)
     ed, ed16 = T.encoder_decoder(scfg, scfg), T.encoder_decoder(scfg, scfg, precision=BF16)
@@ -337,7 +337,7 @@ def test_rnn_seq2seq_takes_the_policy(attention_kind):
     assert rel_error(lg16, lg32) < precision.FORWARD_RTOL and rel_error(lg16, lg32) > 0
     assert rel_error(g16, g32) < precision.GRADIENT_RTOL
     # decoding: float32 logits, the decoder carries stay float32, the memory is bfloat16
-    logits, state = mixed.start(params, src, 6, sos_id=1, src_lengths=n)
+    logits, state = jax.jit(lambda p: mixed.start(p, src, 6, sos_id=1, src_lengths=n))(params)
     assert logits.dtype == jnp.float32 and dtypes(state.carries) == {F32}
     assert state.memory.dtype == jnp.bfloat16
     out = decoding.greedy_decode(mixed, params, src, max_len=6, sos_id=1, eos_id=2, src_lengths=n)
