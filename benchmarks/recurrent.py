@@ -75,6 +75,36 @@ def seqjax_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array,
     return _jax_runner(loss, params, x)
 
 
+FLOOR = "XLA matmuls alone (floor)"
+
+
+def matmul_floor_candidate(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> Callable[[], Any]:
+    """The matmuls of the default path's forward + backward and nothing else, in its loop structure:
+    a forward scan of ``x_t W_ih + h W_hh`` (B, G*H) per step, a reverse scan of ``g_t W_hh^T`` per
+    step, then ``X^T G``, ``H^T G`` and ``G W_ih^T`` over all T*B rows. The gate arithmetic is
+    replaced by the cheapest use of every column (a sum over the G blocks), so this is what XLA:CPU
+    takes for the matmuls alone: no implementation of that structure can be faster."""
+    params = recurrent.layer(cells.make(cell_name, hidden)).init(key, x.shape[-1])["layers"][0]["forward"]
+    G = params["w_hh"].shape[1] // hidden
+
+    def floor(w_ih, w_hh, x):
+        B = x.shape[0]
+        xs = jnp.swapaxes(x, 0, 1)                                            # (T, B, E)
+
+        def forward(h, x_t):
+            hp = x_t @ w_ih + h @ w_hh                                        # (B, G*H)
+            h = 0.1 * hp.reshape(B, G, hidden).sum(1)                          # every column used
+            return h, (h, hp)
+        _, (hs, gs) = jax.lax.scan(forward, jnp.zeros((B, hidden), x.dtype), xs)
+
+        def backward(dh, g_t):
+            return 0.1 * (dh + g_t @ w_hh.T), None                             # (B, H)
+        dh0, _ = jax.lax.scan(backward, jnp.zeros((B, hidden), x.dtype), gs, reverse=True)
+        X, Hs, Gr = (a.reshape(-1, a.shape[-1]) for a in (xs, hs, gs))
+        return X.T @ Gr, Hs.T @ Gr, Gr @ w_ih.T, dh0
+    return _common.CompiledRunner(jax.jit(floor), params["w_ih"], params["w_hh"], x)
+
+
 def flax_candidates(cell_name: str, x: jax.Array, hidden: int, key: jax.Array) -> dict[str, Callable]:
     """``flax.linen.RNN`` over the matching Flax cell(s)."""
     import flax.linen as nn
@@ -154,6 +184,7 @@ def build_candidates(cell_names, batch: int, time: int, input_size: int, hidden:
         kp = jax.random.fold_in(k_params, CELLS.index(name))
         candidates += [(name, label, seqjax_candidate(name, x, hidden, kp, backward))
                        for label, backward in SEQJAX_PATHS.items()]
+        candidates.append((name, FLOOR, matmul_floor_candidate(name, x, hidden, kp)))
         candidates += [(name, label, fn) for label, fn in flax_candidates(name, x, hidden, kp).items()]
         eqx_fn = equinox_candidate(name, x, hidden, kp)
         if eqx_fn is not None:

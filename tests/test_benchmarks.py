@@ -49,7 +49,7 @@ def test_recurrent_quick_writes_every_row(tmp_path):
                 ("lstm", "PyTorch"), ("gru", "Flax GRUCell"), ("gru", "Equinox"), ("gru", "PyTorch"),
                 ("rnn_tanh", "Flax SimpleCell"), ("rnn_tanh", "PyTorch")}
     expected |= {(cell, path) for cell in ("lstm", "gru", "rnn_tanh")          # default, vjp, autodiff
-                 for path in ("seqjax", "seqjax fused", "seqjax autodiff")}
+                 for path in ("seqjax", "seqjax fused", "seqjax autodiff", bench.FLOOR)}
     rows = {(r["cell"], r["implementation"]): r for r in written["rows"]}
     assert set(rows) == expected
     assert len(written["rows"]) == len(expected)            # no duplicates
