@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 from seqjax import io
 
 __all__ = ["time_interleaved", "summarize", "ratio_rows", "baseline_name", "ratio_table", "machine_info",
-           "machine_line", "markdown_table", "fmt_optional", "write_results", "matmul_peak", "peak_flop_per_s",
+           "machine_line", "markdown_table", "fmt_optional", "result_record", "write_results", "matmul_peak", "peak_flop_per_s",
            "CompiledRunner", "xla_flops", "cell_gates", "recurrent_flops", "attention_flops",
            "encoder_layer_flops", "workload_flops", "flop_columns"]
 
@@ -222,6 +222,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def result_record(benchmark: str, args: Any, command: str, machine: Mapping[str, Any], *,
+                  exclude: Sequence[str] = (), **fields: Any) -> dict[str, Any]:
+    """The record every benchmark writes (``<name>.json``): its name, its arguments (``vars(args)``
+    without ``exclude``; paths as strings), the command, the machine, the benchmark's own ``fields``
+    and the load average (1, 5, 15 min) at the end."""
+    config = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items() if k not in exclude}
+    return {"benchmark": benchmark, "config": config, "command": command.strip(), "machine": machine, **fields,
+            "loadavg_at_end": list(os.getloadavg())}
 
 
 def write_results(out_dir: str | os.PathLike, stem: str, payload: Any, markdown: str) -> tuple[Path, Path]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import os
 import re
 import shlex
 import sys
@@ -319,12 +318,9 @@ def main(argv=None) -> dict[str, Any]:
             row["T"] = int(workload.split("=")[1])
         count = flops.get(f"{row['case']}/{row['implementation']}", flops.get(row["case"]))
         row.update(_common.flop_columns(count, row["median_ms"] / 1e3, _common.peak_flop_per_s(machine, dtype)))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "shapes"}
-    payload = {"benchmark": "accelerator", "device": device, "config": config,
-               "shapes": dataclasses.asdict(args.shapes), "command": command.strip(), "machine": machine,
-               "precision_paths": precision_paths(), "flops": flops, "rows": rows, "skipped": skipped,
-               "crossover_T": crossovers(rows),
-               "loadavg_at_end": list(os.getloadavg())}
+    payload = _common.result_record("accelerator", args, command, machine, exclude=("shapes",), device=device,
+                                    shapes=dataclasses.asdict(args.shapes), precision_paths=precision_paths(),
+                                    flops=flops, rows=rows, skipped=skipped, crossover_T=crossovers(rows))
     text = markdown(payload)
     stem = f"accelerator-{device_slug(device['kind'])}" + ("-quick" if args.quick else "")
     _common.write_results(out_dir, stem, payload, text)

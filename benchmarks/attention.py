@@ -29,7 +29,6 @@ Peers, as a user of each library would write them:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -258,15 +257,13 @@ def main(argv=None) -> dict[str, Any]:
     print(f"timing {len(candidates)} candidates: {args.rounds} rounds x {args.number} calls", flush=True)
     times = _common.time_interleaved({f"{w}/{i}": fn for w, i, fn in candidates}, rounds=args.rounds,
                                      number=args.number, warmup=args.warmup)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     analytic = {"mha": _common.attention_flops(args.batch, args.time, args.model),
                 "encoder_layer": _common.encoder_layer_flops(args.batch, args.time, args.model, args.ff)}
     seqjax_runner = {w: fn for w, i, fn in candidates if i == "seqjax"}
     flops = {w: _common.workload_flops(analytic[w], seqjax_runner[w]) for w in args.workloads}
-    payload = {"benchmark": "attention", "config": config, "command": command.strip(), "machine": machine,
-               "flops": flops, "rows": _common.ratio_rows(candidates, times, "workload", flops=flops,
-                                                          peak=_common.peak_flop_per_s(machine)),
-               "loadavg_at_end": list(os.getloadavg())}
+    payload = _common.result_record("attention", args, command, machine, flops=flops,
+                                    rows=_common.ratio_rows(candidates, times, "workload", flops=flops,
+                                                            peak=_common.peak_flop_per_s(machine)))
     text = markdown(payload)
     _common.write_results(out_dir, "attention", payload, text)
     print(text, flush=True)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -252,10 +251,8 @@ def main(argv=None) -> dict[str, Any]:
     rows = _common.ratio_rows(candidates, times, "cell", flops=flops, peak=_common.peak_flop_per_s(machine))
     for row in rows:
         row["max_rel_grad_diff"] = diffs[row["cell"]].get(row["implementation"])
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    payload = {"benchmark": "bidirectional", "config": config, "command": command.strip(),
-               "machine": machine, "flops": flops, "rows": rows, "lengths": lengths_np.tolist(),
-               "loadavg_at_end": list(os.getloadavg())}
+    payload = _common.result_record("bidirectional", args, command, machine, flops=flops, rows=rows,
+                                    lengths=lengths_np.tolist())
     table = _common.ratio_table(rows, "cell", {})
     checks = "; ".join(f"{r['cell']} {r['implementation']} {_common.fmt_optional(r['max_rel_grad_diff'], '.1e')}"
                        for r in rows if r["implementation"] != "seqjax")

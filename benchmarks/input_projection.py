@@ -24,7 +24,6 @@ time, and the achieved GFLOP/s: the layer's analytic matmul FLOPs
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -178,10 +177,7 @@ def main(argv=None) -> dict[str, Any]:
     for workload in args.workloads:
         print(f"workload B,T,I,H = {workload}", flush=True)
         rows += run_workload(workload, args.cells, args.rounds, args.number, _common.peak_flop_per_s(machine))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    payload = {"benchmark": "input_projection", "config": config, "command": command.strip(),
-               "machine": machine, "rows": rows,
-               "loadavg_at_end": list(os.getloadavg())}
+    payload = _common.result_record("input_projection", args, command, machine, rows=rows)
     text = markdown(payload)
     _common.write_results(out_dir, "input_projection", payload, text)
     print(text, flush=True)

@@ -267,14 +267,11 @@ def main(argv=None) -> dict[str, Any]:
         if torch_threads_before is not None:
             import torch
             torch.set_num_threads(torch_threads_before)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     flops = {c: _common.workload_flops(_common.recurrent_flops(_common.cell_gates(c), args.batch, args.time,
                                                                args.input, args.hidden)) for c in args.cells}
-    payload = {"benchmark": "recurrent", "config": config, "command": command.strip(),
-               "machine": machine, "flops": flops,
-               "rows": _common.ratio_rows(candidates, times, "cell", flops=flops,
-                                          peak=_common.peak_flop_per_s(machine)),
-               "loadavg_at_end": list(os.getloadavg())}
+    payload = _common.result_record("recurrent", args, command, machine, flops=flops,
+                                    rows=_common.ratio_rows(candidates, times, "cell", flops=flops,
+                                                            peak=_common.peak_flop_per_s(machine)))
     text = markdown(payload)
     _common.write_results(out_dir, "recurrent", payload, text)
     print(text, flush=True)
