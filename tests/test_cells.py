@@ -337,8 +337,9 @@ def test_trivialization_keeps_w_hh_orthogonal_and_follows_the_chain_rule(x64):
     opt = cells.orthogonal_optimizer(optax.sgd(1e-2), optax.sgd(1e-2), rebase_every=3)
     state = opt.init(params)
     losses_ = []
+    value_and_grad, grad = jax.jit(jax.value_and_grad(loss)), jax.jit(jax.grad(loss))   # one compilation each
     for _ in range(7):
-        value, grads = jax.value_and_grad(loss)(params)
+        value, grads = value_and_grad(params)
         losses_.append(float(value))
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
@@ -348,14 +349,14 @@ def test_trivialization_keeps_w_hh_orthogonal_and_follows_the_chain_rule(x64):
     # one SGD step from A = 0 on the chart A -> B expm(skew(A)): A' = -lr * d/dA L(B expm(skew(A)))
     params0 = {"cell": cell.init(jax.random.key(0), 3, jnp.float64), "head": {"kernel": jnp.ones((8, 1))}}
     base = params0["cell"]["w_hh"]
-    g_w = jax.grad(loss)(params0)["cell"]["w_hh"]
+    g_w = grad(params0)["cell"]["w_hh"]
     g_a = jax.grad(lambda a: jnp.sum(base @ jax.scipy.linalg.expm(cells.skew(a)) * g_w))(jnp.zeros((8, 8)))
     want = base @ jax.scipy.linalg.expm(cells.skew(-1e-2 * g_a))
-    updates, _ = opt.update(jax.grad(loss)(params0), opt.init(params0), params0)
+    updates, _ = opt.update(grad(params0), opt.init(params0), params0)
     np.testing.assert_allclose(np.asarray(params0["cell"]["w_hh"] + updates["cell"]["w_hh"]), np.asarray(want),
                                atol=1e-12)
     np.testing.assert_allclose(np.asarray(updates["cell"]["b_mod"]),
-                               np.asarray(-1e-2 * jax.grad(loss)(params0)["cell"]["b_mod"]), atol=1e-15)
+                               np.asarray(-1e-2 * grad(params0)["cell"]["b_mod"]), atol=1e-15)
 
 
 def test_expm_and_its_vjp_equal_scipys(x64):

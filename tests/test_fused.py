@@ -128,18 +128,21 @@ def test_forward_mode_equals_autodiff(x64, name):
     tangents = jax.tree.map(lambda a: a.astype(jnp.float64), _inputs(fast, 3)[:3])
     apply = lambda layer: lambda p, x, c: layer.apply(p, x, lengths=lengths, initial_carry=c)  # noqa: E731
 
-    want = jax.jvp(apply(ref), primals, tangents)
+    want = jax.jit(lambda p, t: jax.jvp(apply(ref), p, t))(primals, tangents)
     got = jax.jit(lambda p, t: jax.jvp(apply(fast), p, t))(primals, tangents)
     assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert np.abs(np.asarray(got[1][0])).max() > 0
-    out, linear = jax.linearize(apply(fast), *primals)
+
+    def linearized(p, t):                     # the primal output and the linear map at t and at 2t
+        out, linear = jax.linearize(apply(fast), *p)
+        return out, linear(*t), linear(*jax.tree.map(lambda a: 2 * a, t))
+    out, once, twice = jax.jit(linearized)(primals, tangents)
     assert_close(out, want[0], rtol=1e-12, atol=1e-12)
-    assert_close(linear(*tangents), want[1], rtol=1e-10, atol=1e-12)
-    assert_close(linear(*jax.tree.map(lambda t: 2 * t, tangents)),            # linear in the tangents
-                 jax.tree.map(lambda t: 2 * t, want[1]), rtol=1e-10, atol=1e-12)
+    assert_close(once, want[1], rtol=1e-10, atol=1e-12)
+    assert_close(twice, jax.tree.map(lambda t: 2 * t, want[1]), rtol=1e-10, atol=1e-12)   # linear in the tangents
     outputs_of_x = lambda layer: lambda x: apply(layer)(primals[0], x, primals[2])[0]  # noqa: E731
-    assert_close(jax.jit(jax.jacfwd(outputs_of_x(fast)))(primals[1]), jax.jacrev(outputs_of_x(ref))(primals[1]),
-                 rtol=1e-10, atol=1e-12)
+    assert_close(jax.jit(jax.jacfwd(outputs_of_x(fast)))(primals[1]),
+                 jax.jit(jax.jacrev(outputs_of_x(ref)))(primals[1]), rtol=1e-10, atol=1e-12)
 
 
 def test_forward_mode_is_refused_loudly_on_the_vjp_path():
@@ -196,7 +199,7 @@ def test_jvp_path_composes_with_remat(K):
     want, got = jax.jit(lambda p, x: (loss(ref)(p, x), loss(fast)(p, x)))(params, x)
     assert_close(got, want, rtol=1e-5, atol=1e-5)
     jvp = lambda layer: jax.jvp(lambda x: layer.apply(params, x, lengths=lengths)[0], (x,), (x,))  # noqa: E731
-    assert_close(jax.jit(lambda: jvp(fast))(), jvp(ref), rtol=1e-5, atol=1e-5)
+    assert_close(jax.jit(lambda: jvp(fast))(), jax.jit(lambda: jvp(ref))(), rtol=1e-5, atol=1e-5)
 
 
 def test_jvp_path_under_jax_checkpoint():

@@ -61,13 +61,14 @@ def test_padded_source_tokens_cannot_change_any_logit(model):
     """By value (other pad contents) and through gradients (the embedding row of a token
     that appears only in padding gets exactly zero gradient)."""
     m, p = model
-    base = m.apply(p, SRC, TGT, src_lengths=LENGTHS)
+    apply = jax.jit(m.apply)                                  # one compilation, not one per primitive
+    base = apply(p, SRC, TGT, src_lengths=LENGTHS)
     pad_pos = np.arange(SRC.shape[1])[None, :] >= np.asarray(LENGTHS)[:, None]
     other = jnp.where(pad_pos, (SRC + 1) % V, SRC)
-    np.testing.assert_allclose(m.apply(p, other, TGT, src_lengths=LENGTHS), base, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(apply(p, other, TGT, src_lengths=LENGTHS), base, rtol=1e-6, atol=1e-6)
     only_in_pad = V - 1
     src = jnp.where(pad_pos, only_in_pad, jnp.minimum(SRC, V - 2))
-    g = jax.grad(lambda q: jnp.sum(m.apply(q, src, TGT, src_lengths=LENGTHS) ** 2))(p)
+    g = jax.jit(jax.grad(lambda q: jnp.sum(m.apply(q, src, TGT, src_lengths=LENGTHS) ** 2)))(p)
     np.testing.assert_array_equal(g["src_embed"]["embedding"][only_in_pad], 0.0)
     assert np.abs(np.asarray(g["src_embed"]["embedding"][3])).sum() > 0
 
@@ -86,10 +87,11 @@ def test_greedy_is_the_teacher_forced_argmax_of_its_own_prefix_and_beam_one_is_g
     m, p = model
     g = np.asarray(jax.jit(lambda q, s, n: decoding.greedy_decode(
         m, q, s, max_len=6, eos_id=EOS, sos_id=SOS, src_lengths=n))(p, SRC, LENGTHS))
+    apply = jax.jit(m.apply)                 # one compilation per prefix length, not one per primitive
     for b in range(SRC.shape[0]):
         seq = [SOS]
         for t in range(6):
-            logits = np.array(m.apply(p, SRC[b:b + 1], jnp.array([seq]), src_lengths=LENGTHS[b:b + 1]))
+            logits = np.array(apply(p, SRC[b:b + 1], jnp.array([seq]), src_lengths=LENGTHS[b:b + 1]))
             logits = logits[0, -1]
             logits[PAD] = -np.inf
             nxt = int(np.argmax(logits))
@@ -98,8 +100,8 @@ def test_greedy_is_the_teacher_forced_argmax_of_its_own_prefix_and_beam_one_is_g
                 assert (g[b, t + 1:] == PAD).all()
                 break
             seq.append(nxt)
-    beams, _ = decoding.beam_search(m, p, SRC, beam_size=1, max_len=6, eos_id=EOS, sos_id=SOS,
-                                    src_lengths=LENGTHS)
+    beams, _ = jax.jit(lambda q, s, n: decoding.beam_search(m, q, s, beam_size=1, max_len=6, eos_id=EOS,
+                                                            sos_id=SOS, src_lengths=n))(p, SRC, LENGTHS)
     np.testing.assert_array_equal(beams[:, 0], g)
 
 
