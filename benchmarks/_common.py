@@ -39,8 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 from seqjax import io
 
 __all__ = ["time_interleaved", "summarize", "ratio_rows", "baseline_name", "ratio_table", "machine_info",
-           "machine_line", "markdown_table", "fmt_optional", "result_record", "write_results", "matmul_peak", "peak_flop_per_s",
-           "CompiledRunner", "xla_flops", "cell_gates", "recurrent_flops", "attention_flops",
+           "machine_line", "markdown_table", "fmt_optional", "result_record", "write_results", "matmul_peak",
+           "peak_flop_per_s", "CompiledRunner", "xla_flops", "cell_gates", "recurrent_flops", "attention_flops",
            "encoder_layer_flops", "workload_flops", "flop_columns"]
 
 

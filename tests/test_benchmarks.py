@@ -124,8 +124,9 @@ def test_scaling_experiment_quick_writes_data_config_and_figure(tmp_path):
 
 def test_scaling_crossover_is_a_switch_not_the_smallest_length():
     scaling = load_script("experiments", "scaling")
-    rows = lambda lstm, tfm: [{"model": m, "T": T, "s": v} for m, vs in (("lstm", lstm), ("transformer", tfm))  # noqa: E731
-                              for T, v in zip((64, 128, 256), vs)]
+    def rows(lstm, tfm):
+        return [{"model": m, "T": T, "s": v} for m, vs in (("lstm", lstm), ("transformer", tfm))
+                for T, v in zip((64, 128, 256), vs)]
     switch = rows([2.0, 3.0, 4.0], [1.0, 3.0, 9.0])          # cheaper, equal, then costlier at T=256
     assert scaling.crossover(switch, "s") == 256 and not scaling.costlier_throughout(switch, "s")
     always = rows([1.0, 2.0, 3.0], [2.0, 4.0, 8.0])          # costlier from the smallest T: no crossover

@@ -274,7 +274,8 @@ def test_decoder_only_and_stacks_bfloat16():
     ref, mixed = T.decoder_only(lm_cfg), T.decoder_only(lm_cfg, precision=BF16)
     params = ref.init(jax.random.key(0))
     tokens = randint(4, (3, 10), 0, V)
-    grad = lambda m: jax.jit(jax.grad(lambda p: losses.cross_entropy(m.apply(p, tokens[:, :-1]), tokens[:, 1:])))(params)  # noqa: E731,E501
+    def grad(m):
+        return jax.jit(jax.grad(lambda p: losses.cross_entropy(m.apply(p, tokens[:, :-1]), tokens[:, 1:])))(params)
     out16 = jax.jit(mixed.apply)(params, tokens)
     assert out16.dtype == jnp.float32
     assert rel_error(out16, jax.jit(ref.apply)(params, tokens)) < precision.FORWARD_RTOL
