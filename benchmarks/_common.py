@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -39,8 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 from seqjax import io
 
 __all__ = ["time_interleaved", "summarize", "ratio_rows", "baseline_name", "ratio_table", "machine_info",
-           "machine_line", "markdown_table", "fmt_optional", "result_record", "write_results", "matmul_peak",
-           "peak_flop_per_s", "CompiledRunner", "xla_flops", "cell_gates", "recurrent_flops", "attention_flops",
+           "machine_line", "markdown_table", "fmt_optional", "command_line", "result_record", "write_results",
+           "matmul_peak", "peak_flop_per_s", "CompiledRunner", "xla_flops", "cell_gates", "recurrent_flops", "attention_flops",
            "encoder_layer_flops", "workload_flops", "flop_columns"]
 
 
@@ -222,6 +223,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How a benchmark was run, for its result files: ``python benchmarks/<script> <arguments>``,
+    the arguments being ``argv`` when ``main(argv)`` is called in-process, else ``sys.argv[1:]``."""
+    return f"python benchmarks/{script} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
 def result_record(benchmark: str, args: Any, command: str, machine: Mapping[str, Any], *,

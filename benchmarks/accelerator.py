@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import inspect
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -301,7 +300,7 @@ def main(argv=None) -> dict[str, Any]:
     """Run the chosen sections, print the tables, write ``accelerator-<device>.json`` and ``.md``."""
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
-    command = "python benchmarks/accelerator.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = _common.command_line("accelerator.py", argv)
     device = {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind,
               "count": jax.device_count(), "name": str(jax.devices()[0])}
     print(f"device: {device['count']} x {device['kind']} ({device['platform']})", flush=True)

@@ -29,7 +29,6 @@ Peers, as a user of each library would write them:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -250,7 +249,7 @@ def main(argv=None) -> dict[str, Any]:
     """Run the benchmark, print the table, write ``attention.json`` and ``attention.md``."""
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
-    command = "python benchmarks/attention.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = _common.command_line("attention.py", argv)
     candidates = build_candidates(args.workloads, args.batch, args.time, args.model, args.heads, args.ff,
                                   args.seed, args.torch_threads)
     machine = _common.machine_info()

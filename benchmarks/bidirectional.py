@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -211,7 +210,7 @@ def _rel_diff(grads, ref) -> float:
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
-    command = "python benchmarks/bidirectional.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = _common.command_line("bidirectional.py", argv)
     machine = _common.machine_info(packages=("jax", "jaxlib", "flax", "numpy", "torch"))  # load before compute
     B, T, I, H = args.workload
     L = args.layers

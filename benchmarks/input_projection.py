@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -171,7 +170,7 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
-    command = "python benchmarks/input_projection.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = _common.command_line("input_projection.py", argv)
     machine = _common.machine_info(packages=("jax", "jaxlib", "numpy", "torch"))   # load average before compute
     rows = []
     for workload in args.workloads:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -254,7 +253,7 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = io.ensure_writable_dir(args.out, "--out")
     env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY",) if k in os.environ)
-    command = env + "python benchmarks/recurrent.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = env + _common.command_line("recurrent.py", argv)
     torch_threads_before = _torch_threads()
     try:
         candidates = build_candidates(args.cells, args.batch, args.time, args.input, args.hidden, args.seed,
